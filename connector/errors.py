@@ -198,7 +198,34 @@ class EhrRejected(EhrHttpError):
 
 
 class EhrAuthError(EhrRejected):
-    """401 or 403: credentials refused or a scope missing (named in the message when known)."""
+    """401 or 403: credentials refused or a scope missing (named in the message when known).
+
+    ``missing_scope`` is the SMART scope a 403 asked for (not PHI); ``oauth_error``
+    is the OAuth ``error`` code a token endpoint answered with (e.g. ``invalid_client``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        method: str = "",
+        url: str = "",
+        outcome: Outcome | None = None,
+        retry_after: float | None = None,
+        missing_scope: str | None = None,
+        oauth_error: str | None = None,
+    ) -> None:
+        self.missing_scope = missing_scope
+        self.oauth_error = oauth_error
+        super().__init__(
+            message,
+            status=status,
+            method=method,
+            url=url,
+            outcome=outcome,
+            retry_after=retry_after,
+        )
 
 
 class EhrNotFound(EhrRejected):

@@ -46,7 +46,8 @@ class Specialist:
 
     @property
     def has_name(self) -> bool:
-        return bool(self.given or self.family)
+        """Enough of a name to create a Practitioner (US Core requires name.family)."""
+        return bool(self.family)
 
 
 @dataclass(frozen=True, slots=True)

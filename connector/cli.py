@@ -1,0 +1,400 @@
+"""The ``peersync`` command line. It calls the same functions as the web app.
+
+Exit codes: 0 success; 1 some records were rejected or did not reach the EHR;
+2 bad usage or configuration (click's own usage errors are 2 as well).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from connector.config import CONFIG_NAME, Config, home, load_config, valid_source, write_config
+from connector.errors import ConfigError, ConnectorError, EhrError
+from connector.states import ALL_STATES, WAITING_STATES, JobState
+
+if TYPE_CHECKING:
+    from connector.fhir_client import FhirClient
+    from connector.store import Store
+    from mappings.profile import Profile
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+class CliError(click.ClickException):
+    exit_code = EXIT_CONFIG
+
+
+def _config() -> Config:
+    try:
+        return load_config()
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _profile(config: Config) -> Profile:
+    from mappings.profile import load_profile
+
+    try:
+        return load_profile(config.profile_path())
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _store(config: Config) -> Store:
+    from connector.store import Store, StoreError
+
+    store = Store.from_url(config.database_url)
+    click.get_current_context().call_on_close(store.close)
+    try:
+        store.check_schema()
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    return store
+
+
+def _client(config: Config) -> FhirClient:
+    from connector.auth import build_auth
+    from connector.fhir_client import FhirClient
+
+    try:
+        auth = build_auth(config.ehr.auth, base_url=config.ehr.base_url)
+        return FhirClient(
+            base_url=config.ehr.base_url,
+            timeout_s=config.ehr.timeout_s,
+            auth=auth,
+            ca_file=config.ehr.ca_file or None,
+        )
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
+@click.version_option(package_name="peersync")
+def main(verbose: int) -> None:
+    """PeerSync: document a peer support encounter once; land it in the EHR over FHIR R4."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option(
+    "--ehr-url",
+    default="http://127.0.0.1:8090/fhir",
+    show_default=True,
+    help="The EHR's FHIR base URL.",
+)
+@click.option(
+    "--database-url",
+    default="sqlite:///peersync.db",
+    show_default=True,
+    help="SQLAlchemy URL (relative SQLite paths are relative to PEERSYNC_HOME).",
+)
+@click.option(
+    "--source",
+    "default_source",
+    default="peer-tool",
+    show_default=True,
+    help="Default source name for imports.",
+)
+@click.option(
+    "--profile",
+    default="default",
+    show_default=True,
+    help='Agency profile: "default" or a path to a TOML file.',
+)
+@click.option("--force", is_flag=True, help="Replace an existing peersync.toml.")
+def init(ehr_url: str, database_url: str, default_source: str, profile: str, force: bool) -> None:
+    """Write peersync.toml and create the database in $PEERSYNC_HOME (default: here)."""
+    folder = home()
+    if not valid_source(default_source):
+        raise CliError("--source: must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    try:
+        path = write_config(
+            folder,
+            base_url=ehr_url,
+            database_url=database_url,
+            default_source=default_source,
+            profile=profile,
+            overwrite=force,
+        )
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    config = load_config(path)
+    _profile(config)
+    from connector.store import Store
+
+    store = Store.from_url(config.database_url)
+    store.migrate()
+    store.close()
+    click.echo(f"wrote {path}")
+    click.echo(f"database ready: {_safe_url(config.database_url)}")
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations."""
+    config = _config()
+    from connector.store import Store
+
+    store = Store.from_url(config.database_url)
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    click.echo("database schema is up to date")
+
+
+def _accepted(results: Iterator[Any], counts: dict[str, int]) -> Iterator[Any]:
+    from connector.intake import Accepted
+
+    for result in results:
+        if isinstance(result, Accepted):
+            counts["accepted"] += 1
+            yield result.record
+        else:
+            counts["rejected"] += 1
+            for line in result.error.lines():
+                click.echo(line, err=True)
+
+
+@main.command("import")
+@click.option("--source", help="Source name of these records (default: config default_source).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "jsonl", "csv"]),
+    help="Force the file format (default: from the extension and content).",
+)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def import_(source: str | None, fmt: str | None, files: tuple[Path, ...]) -> None:
+    """Validate records and queue them for the EHR. Prints counts and every error."""
+    from connector.intake import iter_records
+
+    config = _config()
+    source = source or config.default_source
+    if not valid_source(source):
+        raise CliError("--source: must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    store = _store(config)
+    counts = {"accepted": 0, "rejected": 0}
+    new = unchanged = 0
+    for file in files:
+        if not file.exists():
+            raise CliError(f"{file}: no such file")
+        results = iter_records(file, source=source, format=fmt)
+        summary = store.add_records(_accepted(results, counts), actor=f"import:{source}")
+        new += summary.new_versions
+        unchanged += summary.unchanged
+    click.echo(
+        f"source {source}: {counts['accepted']} accepted ({new} new, {unchanged} unchanged), "
+        f"{counts['rejected']} rejected"
+    )
+    if counts["rejected"]:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command("map")
+@click.option("--source", help="Source name of these records (default: config default_source).")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def map_(source: str | None, files: tuple[Path, ...]) -> None:
+    """Print the FHIR transaction Bundle(s) the records would become. No network, no store.
+
+    Patients, practitioners and the agency appear as conditional references
+    (the sync resolves them by search first); records that would wait are
+    listed with their states on stderr.
+    """
+    from connector.intake import Accepted, iter_records
+    from connector.store import utcnow
+    from connector.sync import EmptyLedger, Refs, bundle_for, plan_record
+    from mappings.resources import mrn_identifier, search_token, staff_identifier
+
+    config = _config()
+    profile = _profile(config)
+    source = source or config.default_source
+    org, dev = profile.organization, profile.device
+    now = utcnow()
+    click.echo(
+        "# patients, practitioners, the Organization and Device are conditional "
+        "references here; `peersync sync` resolves them to literal ids first",
+        err=True,
+    )
+    left_out = failed = 0
+    pending: list[Any] = []
+    seen_keys: set[tuple[str, str]] = set()
+
+    def flush() -> None:
+        if pending:
+            click.echo(
+                json.dumps(
+                    bundle_for(pending, conditional=config.ehr.conditional),
+                    indent=2,
+                    ensure_ascii=False,
+                )
+            )
+            pending.clear()
+            seen_keys.clear()
+
+    for file in files:
+        for result in iter_records(file, source=source):
+            if not isinstance(result, Accepted):
+                failed += 1
+                for line in result.error.lines():
+                    click.echo(line, err=True)
+                continue
+            record = result.record
+            wait = _would_wait(record, profile)
+            if wait:
+                left_out += 1
+                click.echo(f"left out: {record.source}/{record.id}: {wait}", err=True)
+                continue
+            if record.participant.mrn:
+                patient = "Patient?identifier=" + search_token(
+                    *mrn_identifier(record.participant.mrn, profile)
+                )
+            else:
+                patient = "Patient?identifier=(created from participant)"
+            refs = Refs(
+                patient=patient,
+                practitioner="Practitioner?identifier="
+                + search_token(*staff_identifier(record.specialist, profile)),
+                organization="Organization?identifier=" + search_token(org.system, org.value),
+                device="Device?identifier=" + search_token(dev.system, dev.value),
+            )
+            writes, _ = plan_record(
+                record,
+                refs,
+                key=f"{file}:{result.position}",
+                profile=profile,
+                note_format=config.ehr.note_content_type,
+                ledger=EmptyLedger(),
+                recorded=now,
+            )
+            if record.key in seen_keys or (
+                len(pending) + len(writes) > config.ehr.max_bundle_entries
+            ):
+                flush()  # never two versions of one record in one bundle
+            pending.extend(writes)
+            seen_keys.add(record.key)
+    flush()
+    click.echo(f"# {left_out} record(s) left out (would wait), {failed} rejected", err=True)
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
+def _would_wait(record: Any, profile: Profile) -> str | None:
+    if record.part2 and (record.consent is None or record.consent.status != "active"):
+        status = record.consent.status if record.consent and record.consent.status else "none"
+        return f"{JobState.WAITING_CONSENT.value} (Part 2 record, consent {status})"
+    if not record.participant.mrn and not profile.create_patients:
+        return f"{JobState.WAITING_PATIENT.value} (no MRN)"
+    if record.status == "entered_in_error":
+        return "retraction (only meaningful against what the EHR already holds)"
+    return None
+
+
+@main.command()
+@click.option(
+    "--max-wait",
+    type=float,
+    default=None,
+    help="Seconds to wait for scheduled retries (default: sync.max_wait_s, 120).",
+)
+def sync(max_wait: float | None) -> None:
+    """Send every pending record to the EHR and print a summary."""
+    from connector.sync import SyncEngine
+
+    config = _config()
+    profile = _profile(config)
+    store = _store(config)
+    bound = config.sync.max_wait_s if max_wait is None else max_wait
+    click.echo(
+        f"syncing to {config.ehr.base_url} ({config.ehr.mode} mode); waiting up to "
+        f"{bound:.0f} s for scheduled retries"
+    )
+    with _client(config) as client:
+        engine = SyncEngine(
+            store=store, client=client, profile=profile, config=config, worker=f"sync:{os.getpid()}"
+        )
+        try:
+            summary = engine.run(max_wait_s=bound)
+        except ConnectorError as exc:
+            raise click.ClickException(f"sync stopped: {exc}") from None
+    states = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "nothing due"
+    click.echo(f"{summary.claimed} record(s) processed in {summary.bundles} bundle(s): {states}")
+    for line in summary.errors[:50]:
+        click.echo(f"  {line}", err=True)
+    counts = store.counts_by_state()
+    click.echo("now: " + ", ".join(f"{counts[s]} {s}" for s in ALL_STATES if counts[s]))
+    ok_states = {JobState.SYNCED.value} | {s.value for s in WAITING_STATES}
+    if any(state not in ok_states for state in summary.states):
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: state -> count.")
+def status(as_json: bool) -> None:
+    """Count records by sync state."""
+    config = _config()
+    counts = _store(config).counts_by_state()
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    width = max(len(s) for s in ALL_STATES)
+    for state in ALL_STATES:
+        click.echo(f"{state:<{width}}  {counts[state]}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Serve the admin web app."""
+    from webapp import create_app
+
+    config = _config()
+    app = create_app({"PEERSYNC_CONFIG": str(config.path)})
+    click.echo(f"PeerSync admin: http://{host}:{port}/")
+    app.run(host=host, port=port, debug=False, use_reloader=False)
+
+
+@main.command(hidden=True)
+@click.option("--port", default=8090, type=int, show_default=True)
+@click.option("--web-port", default=8080, type=int, show_default=True)
+@click.option("--no-serve", is_flag=True, help="Stop after the sync (for scripts and tests).")
+def demo(port: int, web_port: int, no_serve: bool) -> None:
+    """Start a local demo EHR, seed it, import the samples, sync, and serve the admin app."""
+    from connector.demo import run_demo
+
+    try:
+        run_demo(home(), ehr_port=port, web_port=web_port, serve=not no_serve)
+    except (ConnectorError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - printing only
+        return "(database URL)"
+
+
+__all__ = ["main", "CONFIG_NAME", "EhrError"]

@@ -1,0 +1,338 @@
+"""Deployment config: ``peersync.toml`` in ``$PEERSYNC_HOME`` (default: the current folder).
+
+Validated once at load: an unknown key or a bad value is refused with the file
+and the dotted key named. ``PEERSYNC_EHR_URL`` and ``PEERSYNC_DATABASE_URL``
+override the file. Secrets are never kept here: ``[ehr.auth]`` names files or
+environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from connector.errors import ConfigError
+
+CONFIG_NAME = "peersync.toml"
+MODES = ("transaction", "batch", "single")
+NOTE_FORMATS = ("text/plain", "application/xhtml+xml")
+AUTH_TYPES = ("none", "basic", "bearer", "client_secret", "smart")
+AUTH_KEYS = {
+    "none": set(),
+    "basic": {"username", "password_file", "password_env"},
+    "bearer": {"token_file", "token_env"},
+    "client_secret": {"client_id", "client_secret_file", "client_secret_env", "token_url", "scope"},
+    "smart": {
+        "client_id",
+        "private_key_file",
+        "private_key_env",
+        "key_id",
+        "algorithm",
+        "scope",
+        "token_url",
+    },
+}
+
+
+def home() -> Path:
+    return Path(os.environ.get("PEERSYNC_HOME") or ".").resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class EhrConfig:
+    base_url: str
+    mode: str = "transaction"
+    conditional: bool = True
+    max_bundle_entries: int = 50
+    note_content_type: str = "text/plain"
+    create_encounters: bool = True
+    timeout_s: float = 30.0
+    ca_file: str = ""
+    auth: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    lease_s: float = 30.0
+    renew_every_s: float = 10.0
+    max_wait_s: float = 120.0  # how long `peersync sync` waits for scheduled retries
+    max_attempts: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    profile: str  # a path (relative to the config file) or "default"
+    database_url: str
+    default_source: str
+    ehr: EhrConfig
+    sync: SyncConfig = field(default_factory=SyncConfig)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def profile_path(self) -> Path:
+        from mappings.profile import default_profile_path
+
+        if self.profile == "default":
+            return default_profile_path()
+        candidate = Path(self.profile)
+        return candidate if candidate.is_absolute() else self.folder / candidate
+
+
+def _fail(path: Path, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{path}: {key}: {message}")
+
+
+def check_url_scheme(url: str, *, where: str = "ehr.base_url") -> str:
+    """Refuse plain http:// anywhere but loopback (PHI must not cross a network in clear)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: must be an http(s) URL with a host")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError(
+            f"{where}: plain http:// is allowed only for a loopback host; use https://"
+        )
+    return url.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _take(
+    table: dict[str, Any],
+    path: Path,
+    prefix: str,
+    spec: dict[str, type | tuple[type, ...]],
+    defaults: dict[str, Any],
+) -> dict[str, Any]:
+    unknown = sorted(set(table) - set(spec))
+    if unknown:
+        raise _fail(path, f"{prefix}{unknown[0]}", "unknown key")
+    out = dict(defaults)
+    for key, kind in spec.items():
+        if key not in table:
+            continue
+        value = table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise _fail(path, prefix + key, f"must be {_kind_name(kinds)}")
+        if not isinstance(value, kinds):
+            raise _fail(path, prefix + key, f"must be {_kind_name(kinds)}")
+        out[key] = value
+    return out
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        dict: "a table",
+    }
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def load_config(path: Path | None = None, *, environ: dict[str, str] | None = None) -> Config:
+    env = os.environ if environ is None else environ
+    path = (path or home() / CONFIG_NAME).resolve()
+    if not path.exists():
+        raise ConfigError(f"{path}: not found: run `peersync init` first (or set PEERSYNC_HOME)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    return parse_config(data, path=path, environ=env)
+
+
+def parse_config(data: dict[str, Any], *, path: Path, environ: dict[str, str]) -> Config:
+    top = _take(
+        data,
+        path,
+        "",
+        {"profile": str, "database_url": str, "default_source": str, "ehr": dict, "sync": dict},
+        {
+            "profile": "default",
+            "database_url": "sqlite:///peersync.db",
+            "default_source": "peer-tool",
+            "ehr": None,
+            "sync": {},
+        },
+    )
+    if top["ehr"] is None:
+        raise _fail(path, "ehr", "missing table [ehr]")
+    source = top["default_source"]
+    if not _valid_source(source):
+        raise _fail(path, "default_source", "must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    ehr_raw = dict(top["ehr"])
+    auth_raw = ehr_raw.pop("auth", {"type": "none"})
+    ehr = _take(
+        ehr_raw,
+        path,
+        "ehr.",
+        {
+            "base_url": str,
+            "mode": str,
+            "conditional": bool,
+            "max_bundle_entries": int,
+            "note_content_type": str,
+            "create_encounters": bool,
+            "timeout_s": (int, float),
+            "ca_file": str,
+        },
+        {
+            "mode": "transaction",
+            "conditional": True,
+            "max_bundle_entries": 50,
+            "note_content_type": "text/plain",
+            "create_encounters": True,
+            "timeout_s": 30.0,
+            "ca_file": "",
+        },
+    )
+    base_url = environ.get("PEERSYNC_EHR_URL") or ehr.get("base_url")
+    if not base_url:
+        raise _fail(path, "ehr.base_url", "missing (or set PEERSYNC_EHR_URL)")
+    try:
+        ehr["base_url"] = check_url_scheme(base_url)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if ehr["mode"] not in MODES:
+        raise _fail(path, "ehr.mode", f"must be one of {', '.join(MODES)}")
+    if ehr["note_content_type"] not in NOTE_FORMATS:
+        raise _fail(path, "ehr.note_content_type", f"must be one of {', '.join(NOTE_FORMATS)}")
+    if not 3 <= ehr["max_bundle_entries"] <= 1000:
+        raise _fail(path, "ehr.max_bundle_entries", "must be between 3 and 1000")
+    if not 0 < float(ehr["timeout_s"]) <= 600:
+        raise _fail(path, "ehr.timeout_s", "must be between 0 and 600 seconds")
+    ehr["timeout_s"] = float(ehr["timeout_s"])
+    if ehr["ca_file"] and not _rel(path, ehr["ca_file"]).exists():
+        raise _fail(path, "ehr.ca_file", "file not found")
+    if not isinstance(auth_raw, dict):
+        raise _fail(path, "ehr.auth", "must be a table")
+    auth_type = auth_raw.get("type", "none")
+    if auth_type not in AUTH_TYPES:
+        raise _fail(path, "ehr.auth.type", f"must be one of {', '.join(AUTH_TYPES)}")
+    unknown = sorted(set(auth_raw) - AUTH_KEYS[auth_type] - {"type"})
+    if unknown:
+        raise _fail(path, f"ehr.auth.{unknown[0]}", f"unknown key for auth type {auth_type}")
+    ehr["auth"] = dict(auth_raw, type=auth_type)
+    sync = _take(
+        top["sync"],
+        path,
+        "sync.",
+        {
+            "lease_s": (int, float),
+            "renew_every_s": (int, float),
+            "max_wait_s": (int, float),
+            "max_attempts": int,
+        },
+        {},
+    )
+    sync_cfg = SyncConfig(**{k: (float(v) if k != "max_attempts" else v) for k, v in sync.items()})
+    if sync_cfg.renew_every_s >= sync_cfg.lease_s:
+        raise _fail(path, "sync.renew_every_s", "must be shorter than sync.lease_s")
+    database_url = environ.get("PEERSYNC_DATABASE_URL") or top["database_url"]
+    return Config(
+        path=path,
+        profile=top["profile"],
+        database_url=_absolute_sqlite(database_url, path.parent),
+        default_source=source,
+        ehr=EhrConfig(**ehr),
+        sync=sync_cfg,
+    )
+
+
+def _rel(config_path: Path, value: str) -> Path:
+    candidate = Path(value)
+    return candidate if candidate.is_absolute() else config_path.parent / candidate
+
+
+def _valid_source(value: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value))
+
+
+def valid_source(value: str) -> bool:
+    return _valid_source(value)
+
+
+def _absolute_sqlite(url: str, folder: Path) -> str:
+    """A relative SQLite path in the config is relative to the config's folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite://":
+        rest = url[len(prefix) :]
+        if rest and rest != ":memory:":
+            return prefix + str((folder / rest).resolve())
+    return url
+
+
+CONFIG_TEMPLATE = """\
+# PeerSync deployment config (written by `peersync init`).
+# PEERSYNC_EHR_URL and PEERSYNC_DATABASE_URL override the values below.
+
+profile = "{profile}"               # agency profile: "default" or a path to a TOML file
+database_url = "{database_url}"     # SQLite file (relative to this folder) or postgresql+psycopg://...
+default_source = "{default_source}" # source name for `peersync import` without --source
+
+[ehr]
+base_url = "{base_url}"
+mode = "transaction"            # transaction | batch | single
+conditional = true              # the server supports conditional create/update
+max_bundle_entries = 50         # some servers refuse larger bundles
+note_content_type = "text/plain"  # or "application/xhtml+xml"
+create_encounters = true        # false: attach notes to the EHR's own Encounter
+timeout_s = 30
+ca_file = ""                    # optional CA bundle
+
+[ehr.auth]
+type = "none"                   # none | basic | bearer | client_secret | smart
+# smart: client_id, private_key_file, key_id, algorithm (RS384|ES384), scope, token_url (optional)
+
+[sync]
+lease_s = 30                    # a dead worker's jobs are taken again after their lease
+renew_every_s = 10
+max_wait_s = 120                # `peersync sync` waits at most this long for scheduled retries
+max_attempts = 8                # transient failures before a record needs attention
+"""
+
+
+def write_config(
+    folder: Path,
+    *,
+    base_url: str,
+    database_url: str = "sqlite:///peersync.db",
+    default_source: str = "peer-tool",
+    profile: str = "default",
+    overwrite: bool = False,
+) -> Path:
+    path = folder / CONFIG_NAME
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: already exists (use --force to replace it)")
+    check_url_scheme(base_url)
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        CONFIG_TEMPLATE.format(
+            profile=profile,
+            database_url=database_url,
+            default_source=default_source,
+            base_url=base_url.rstrip("/"),
+        ),
+        encoding="utf-8",
+    )
+    parse_config(tomllib.loads(path.read_text(encoding="utf-8")), path=path, environ={})
+    return path

@@ -1,0 +1,170 @@
+"""The store's tables (SQLAlchemy Core). Changes go through Alembic migrations.
+
+- ``record_versions``: append-only; one row per distinct content of a record,
+  keyed by (source, record_id, content_hash). Re-importing identical content
+  adds nothing.
+- ``jobs``: the outbox; one job per record version, in one of the JobState
+  states.
+- ``ledger``: append-only write ledger: which EHR resource (type, id, version)
+  a record version's write produced, keyed by the identifier we sent, so that
+  a create is never repeated (the ledger, not the server, decides create or
+  update, and a lost response is settled by an identifier search).
+- ``links``: EHR ids we matched or created once: patients (by source and
+  participant id), practitioners (by staff id), the agency Organization and
+  the connector Device.
+- ``consents``: the latest known Part 2 consent per participant.
+- ``specialists``: the latest name/credential seen per staff id, so a
+  Practitioner can be created from any record of that specialist.
+- ``audit_events``: append-only; every state change and EHR exchange. Never
+  names, MRNs or note text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+record_versions = Table(
+    "record_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("record_id", String(64), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_by", String(128), nullable=False),
+    Column("payload", Text, nullable=False),  # canonical contract JSON (PHI: never logged)
+    Column("participant_id", String(64), nullable=False),
+    Column("specialist_id", String(64), nullable=False),
+    Column("note_id", String(64)),
+    Column("note_version", Integer),
+    Column("status", String(24), nullable=False),
+    Column("part2", Boolean, nullable=False),
+    Column("start_at", DateTime(timezone=True), nullable=False),
+    Column("documentation_minutes", Float),
+    UniqueConstraint("source", "record_id", "content_hash", name="uq_record_versions_content"),
+)
+Index("ix_record_versions_key", record_versions.c.source, record_versions.c.record_id)
+Index("ix_record_versions_specialist", record_versions.c.specialist_id)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "record_version_id",
+        Integer,
+        ForeignKey("record_versions.id"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("source", String(64), nullable=False),
+    Column("record_id", String(64), nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("claimed_from", String(24)),  # the state a claim took it from (in the same UPDATE)
+    Column("run_id", String(64)),  # the sync run that last looked at it
+    Column("reason", String(200)),  # why it waits or failed: codes and ids, no PHI
+    Column("outcome_text", Text),  # the EHR's OperationOutcome text, for admins only
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("synced_at", DateTime(timezone=True)),
+)
+Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
+Index("ix_jobs_key", jobs.c.source, jobs.c.record_id)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("record_version_id", Integer, ForeignKey("record_versions.id")),
+    Column("source", String(64)),
+    Column("record_id", String(64)),
+    Column("resource_type", String(64), nullable=False),
+    Column("identifier_system", String(255), nullable=False),
+    Column("identifier_value", String(128), nullable=False),
+    Column("ehr_id", String(128)),  # null while a write's outcome is unknown
+    Column("ehr_version", String(64)),
+    Column("action", String(24), nullable=False),  # create | update | supersede | retract | match
+    Column("state", String(16), nullable=False),  # sent | confirmed
+    Column("written_at", DateTime(timezone=True), nullable=False),
+)
+Index(
+    "ix_ledger_identifier",
+    ledger.c.resource_type,
+    ledger.c.identifier_system,
+    ledger.c.identifier_value,
+)
+Index("ix_ledger_record", ledger.c.source, ledger.c.record_id)
+
+links = Table(
+    "links",
+    metadata,
+    Column("kind", String(24), primary_key=True),  # patient | practitioner | organization | device
+    Column("key", String(255), primary_key=True),  # "<source>|<participant id>", staff id, ...
+    Column("ehr_id", String(128), nullable=False),
+    Column("linked_by", String(128), nullable=False),  # "match", "create", or a user
+    Column("linked_at", DateTime(timezone=True), nullable=False),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("participant_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("consent_id", String(64)),
+    Column("updated_by", String(128), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+specialists = Table(
+    "specialists",
+    metadata,
+    Column("specialist_id", String(64), primary_key=True),
+    Column("payload", JSON, nullable=False),  # {given, family, credential, npi}
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(48), nullable=False),
+    Column("source", String(64)),
+    Column("record_id", String(64)),
+    Column("record_version_id", Integer),
+    Column("job_id", Integer),
+    Column("state_from", String(24)),
+    Column("state_to", String(24)),
+    Column("detail", JSON),  # ids, codes, statuses, durations: never PHI
+    Column("mac", String(64)),
+)
+Index("ix_audit_events_at", audit_events.c.at)
+Index("ix_audit_events_record", audit_events.c.source, audit_events.c.record_id)

@@ -1,0 +1,812 @@
+"""The sync worker: claim jobs, resolve references, map, send, record.
+
+One pass of :meth:`SyncEngine.run`:
+
+1. claim a batch of due jobs (atomic, leased);
+2. for each record decide whether it can go: Part 2 consent, the EHR Patient
+   (by MRN, cached per run), the Practitioner (by staff id; created once from
+   a known name), so that bundles hold literal references only;
+3. plan the writes of each ready record: Encounter, the note version's
+   DocumentReference (superseding the version it replaces), retractions, and
+   a Provenance for the change. The write ledger decides create or update;
+4. pack plans into bundles of at most ``max_bundle_entries``, one version of a
+   record per bundle; send them in the EHR's mode. A refused transaction is
+   re-sent one record per bundle so only the bad record waits;
+5. record the EHR's ids and versions in the ledger and the job's new state,
+   with an audit event, in one database transaction.
+
+A job whose response was lost (or whose worker died mid-send) is ``unknown``
+until an identifier search settles whether the EHR applied it; nothing is
+re-sent before that.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from connector.config import Config
+from connector.errors import (
+    ConnectorError,
+    EhrConflict,
+    EhrError,
+    EhrHttpError,
+    EhrOutcomeUnknown,
+    EhrRejected,
+    Outcome,
+)
+from connector.fhir_client import FhirClient, entry_results
+from connector.records import EncounterRecord
+from connector.retry import decide
+from connector.states import JobState
+from connector.store import Job, LedgerEntry, Store, utcnow
+from mappings.profile import Profile
+
+log = logging.getLogger("peersync.sync")
+
+NAMESPACE = uuid.UUID("4f7d0c9e-2b1a-4a47-9a55-6a1f0f5b3c21")
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A record that cannot go yet (or needs nothing sent)."""
+
+    state: JobState
+    reason: str
+    outcome_text: str | None = None
+
+
+@dataclass(slots=True)
+class Write:
+    """One resource write of a record's plan (one bundle entry, or one request in single mode)."""
+
+    resource_type: str
+    resource: dict[str, Any]
+    full_url: str
+    action: str  # create | update | supersede | retract | provenance
+    system: str = ""  # the identifier the ledger keys it by ("" for Provenance)
+    value: str = ""
+    ehr_id: str | None = None  # known from the ledger: update by id
+
+    @property
+    def token(self) -> str:
+        from mappings.resources import search_token
+
+        return search_token(self.system, self.value)
+
+    def request(self, *, conditional: bool) -> dict[str, Any]:
+        if self.resource_type == "Provenance":
+            return {"method": "POST", "url": "Provenance"}
+        if self.ehr_id:
+            return {"method": "PUT", "url": f"{self.resource_type}/{self.ehr_id}"}
+        if conditional:
+            return {"method": "PUT", "url": f"{self.resource_type}?identifier={self.token}"}
+        return {"method": "POST", "url": self.resource_type}
+
+
+@dataclass(slots=True)
+class Plan:
+    job: Job
+    record: EncounterRecord
+    writes: list[Write]
+    # the write whose presence in the EHR proves this plan was applied
+    proof: Write | None = None
+
+
+@dataclass(slots=True)
+class SyncSummary:
+    claimed: int = 0
+    states: Counter[str] = field(default_factory=Counter)
+    bundles: int = 0
+    requests: int = 0
+    waited_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, state: JobState) -> None:
+        self.states[state.value] += 1
+
+
+class SyncEngine:
+    """Sends due jobs to the EHR. One engine per worker process."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        client: FhirClient,
+        profile: Profile,
+        config: Config,
+        worker: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.profile = profile
+        self.config = config
+        self.ehr = config.ehr
+        self.worker = worker or f"worker-{uuid.uuid4().hex[:8]}"
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._patients: dict[str, Wait | str] = {}
+        self._practitioners: dict[str, Wait | str] = {}
+        self._agency: tuple[str, str] | None = None
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        max_wait_s: float | None = None,
+        stop: threading.Event | None = None,
+        on_progress: Callable[[SyncSummary], None] | None = None,
+    ) -> SyncSummary:
+        """Work until nothing is due; wait for scheduled retries up to ``max_wait_s``."""
+        max_wait = self.config.sync.max_wait_s if max_wait_s is None else max_wait_s
+        summary = SyncSummary()
+        run_id = uuid.uuid4().hex
+        self._patients.clear()
+        self._practitioners.clear()
+        waited = 0.0
+        while not (stop and stop.is_set()):
+            claimed = self.run_once(run_id, summary)
+            if on_progress and claimed:
+                on_progress(summary)
+            if claimed:
+                continue
+            due_at = self.store.next_due_at()
+            if due_at is None:
+                break
+            pause = max(0.0, (due_at - self.clock()).total_seconds())
+            if waited + pause > max_wait:
+                break
+            pause = min(pause, 1.0) if pause > 0 else 0.05
+            waited += pause
+            if stop is not None:
+                if stop.wait(pause):
+                    break
+            else:
+                time.sleep(pause)
+        summary.waited_s = waited
+        return summary
+
+    def records_per_bundle(self) -> int:
+        # A record needs at most ~5 entries (Encounter, note, superseded note,
+        # Provenance, one retraction); bundles are packed by real entry count.
+        return max(1, self.ehr.max_bundle_entries // 3)
+
+    def run_once(self, run_id: str, summary: SyncSummary) -> int:
+        jobs = self.store.claim(
+            worker=self.worker,
+            run_id=run_id,
+            limit=self.records_per_bundle(),
+            lease_s=self.config.sync.lease_s,
+            now=self.clock(),
+        )
+        if not jobs:
+            return 0
+        summary.claimed += len(jobs)
+        with self._lease_renewal([job.id for job in jobs]):
+            records = self.store.load_records([job.record_version_id for job in jobs])
+            plans: list[Plan] = []
+            for job in jobs:
+                record = records[job.record_version_id]
+                try:
+                    outcome = self._prepare(job, record)
+                except ConnectorError as exc:
+                    self._fail(job, exc, summary)
+                    continue
+                if isinstance(outcome, Wait):
+                    self._finish(
+                        job,
+                        outcome.state,
+                        summary,
+                        reason=outcome.reason,
+                        outcome_text=outcome.outcome_text,
+                    )
+                else:
+                    plans.append(outcome)
+            for bundle in self._pack(plans):
+                self._send(bundle, summary)
+        return len(jobs)
+
+    @contextmanager
+    def _lease_renewal(self, job_ids: list[int]) -> Iterator[None]:
+        """Renew the lease every ``renew_every_s`` while this batch is being worked on."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.config.sync.renew_every_s):
+                try:
+                    self.store.renew_lease(
+                        job_ids, worker=self.worker, lease_s=self.config.sync.lease_s
+                    )
+                except ConnectorError:
+                    log.warning("lease renewal failed for %d jobs", len(job_ids))
+
+        thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    # -- deciding ---------------------------------------------------------
+
+    def _prepare(self, job: Job, record: EncounterRecord) -> Plan | Wait:
+        if record.part2:
+            consent = self.store.consent_status(record.source, record.participant.id)
+            if consent != "active":
+                return Wait(JobState.WAITING_CONSENT, f"part2-consent-{consent or 'none'}")
+        if job.claimed_from in (JobState.UNKNOWN.value, JobState.IN_FLIGHT.value):
+            settled = self._settle(job, record)
+            if settled is not None:
+                return settled
+        if record.status == "entered_in_error" and not self.store.ledger_for_record(
+            record.source, record.id
+        ):
+            return Wait(JobState.SYNCED, "nothing-sent-nothing-to-retract")
+        patient = self._resolve_patient(record)
+        if isinstance(patient, Wait):
+            return patient
+        practitioner = self._resolve_practitioner(record)
+        if isinstance(practitioner, Wait):
+            return practitioner
+        org_ref, device_ref = self._agency_refs()
+        refs = Refs(
+            patient=patient, practitioner=practitioner, organization=org_ref, device=device_ref
+        )
+        writes, proof = plan_record(
+            record,
+            refs,
+            key=str(job.id),
+            profile=self.profile,
+            note_format=self.ehr.note_content_type,
+            ledger=self.store,
+            recorded=self.clock(),
+        )
+        return Plan(job=job, record=record, writes=writes, proof=proof)
+
+    def _resolve_patient(self, record: EncounterRecord) -> Wait | str:
+        from mappings.resources import map_patient, mrn_identifier, search_token
+
+        linked = self.store.get_link("patient", f"{record.source}|{record.participant.id}")
+        if linked:
+            return f"Patient/{linked}"
+        mrn = record.participant.mrn
+        if not mrn:
+            if self.profile.create_patients:
+                return self._create_patient(record)
+            return Wait(JobState.WAITING_PATIENT, "no-mrn")
+        cached = self._patients.get(mrn)
+        if cached is not None:
+            return cached
+        system, value = mrn_identifier(mrn, self.profile)
+        found = self.client.search("Patient", {"identifier": search_token(system, value)})
+        result: Wait | str
+        if len(found) == 1:
+            result = f"Patient/{found[0]['id']}"
+        elif len(found) > 1:
+            result = Wait(JobState.WAITING_PATIENT, f"mrn-matches-{len(found)}-patients")
+        elif self.profile.create_patients:
+            written = self.client.create(
+                map_patient(record, self.profile).model_dump(mode="json"),
+                if_none_exist=f"identifier={search_token(system, value)}",
+            )
+            result = f"Patient/{written.id}"
+        else:
+            result = Wait(JobState.WAITING_PATIENT, "mrn-no-match")
+        self._patients[mrn] = result
+        return result
+
+    def _create_patient(self, record: EncounterRecord) -> str:
+        from mappings.resources import map_patient, participant_identifier, search_token
+
+        system, value = participant_identifier(record, self.profile)
+        written = self.client.create(
+            map_patient(record, self.profile).model_dump(mode="json"),
+            if_none_exist=f"identifier={search_token(system, value)}",
+        )
+        self.store.set_link(
+            "patient", f"{record.source}|{record.participant.id}", written.id, linked_by="create"
+        )
+        return f"Patient/{written.id}"
+
+    def _resolve_practitioner(self, record: EncounterRecord) -> Wait | str:
+        from mappings.resources import map_practitioner, search_token, staff_identifier
+
+        staff_id = record.specialist.id
+        cached = self._practitioners.get(staff_id)
+        if cached is not None:
+            return cached
+        linked = self.store.get_link("practitioner", staff_id)
+        if linked:
+            self._practitioners[staff_id] = f"Practitioner/{linked}"
+            return self._practitioners[staff_id]
+        system, value = staff_identifier(record.specialist, self.profile)
+        token = search_token(system, value)
+        found = self.client.search("Practitioner", {"identifier": token})
+        result: Wait | str
+        if len(found) == 1:
+            self.store.set_link("practitioner", staff_id, found[0]["id"], linked_by="match")
+            result = f"Practitioner/{found[0]['id']}"
+        elif len(found) > 1:
+            result = Wait(JobState.WAITING_STAFF, f"staff-id-matches-{len(found)}-practitioners")
+        else:
+            specialist = record.specialist
+            if not specialist.has_name:
+                known = self.store.specialist_details(staff_id)
+                if known:
+                    from connector.records import Specialist
+
+                    specialist = Specialist(id=staff_id, **known)
+            if not specialist.has_name:
+                result = Wait(JobState.WAITING_STAFF, "staff-id-no-match-no-name")
+            else:
+                written = self.client.create(
+                    map_practitioner(specialist, self.profile).model_dump(mode="json"),
+                    if_none_exist=f"identifier={token}",
+                )
+                self.store.set_link("practitioner", staff_id, written.id, linked_by="create")
+                result = f"Practitioner/{written.id}"
+        if not isinstance(result, Wait):
+            self._practitioners[staff_id] = result
+        return result
+
+    def _agency_refs(self) -> tuple[str, str]:
+        """The agency Organization and connector Device: matched or created once, ids kept."""
+        if self._agency is None:
+            self._agency = ensure_agency(self.store, self.client, self.profile)
+        return self._agency
+
+    # -- planning ---------------------------------------------------------
+
+    def _pack(self, plans: list[Plan]) -> Iterator[list[Plan]]:
+        limit = self.ehr.max_bundle_entries
+        bundle: list[Plan] = []
+        size = 0
+        for plan in plans:
+            if bundle and size + len(plan.writes) > limit:
+                yield bundle
+                bundle, size = [], 0
+            bundle.append(plan)
+            size += len(plan.writes)
+        if bundle:
+            yield bundle
+
+    # -- sending ----------------------------------------------------------
+
+    def _send(self, plans: list[Plan], summary: SyncSummary) -> None:
+        if self.ehr.mode != "transaction":
+            raise ConnectorError(
+                f"ehr.mode = {self.ehr.mode!r} is not supported by this version; "
+                'use mode = "transaction"'
+            )
+        bundle = bundle_for(
+            [w for plan in plans for w in plan.writes], conditional=self.ehr.conditional
+        )
+        summary.bundles += 1
+        summary.requests += 1
+        try:
+            response = self.client.transaction(bundle)
+        except EhrRejected as exc:
+            if len(plans) > 1:
+                # All or nothing: find the bad record by sending each alone.
+                log.info(
+                    "transaction of %d records refused (%s); re-sending one by one",
+                    len(plans),
+                    exc.status,
+                )
+                for plan in plans:
+                    self._send([plan], summary)
+                return
+            self._fail(plans[0].job, exc, summary)
+            return
+        except EhrError as exc:
+            for plan in plans:
+                self._fail(plan.job, exc, summary)
+            return
+        results = entry_results(response)
+        writes = [w for plan in plans for w in plan.writes]
+        if len(results) != len(writes):
+            error = EhrOutcomeUnknown(
+                f"transaction response has {len(results)} entries for {len(writes)} sent",
+                method="POST",
+                url=self.client.base_url,
+            )
+            for plan in plans:
+                self._fail(plan.job, error, summary)
+            return
+        by_write = dict(zip((id(w) for w in writes), results, strict=True))
+        with self.store.begin() as conn:
+            for plan in plans:
+                for write in plan.writes:
+                    if write.resource_type == "Provenance":
+                        continue
+                    result = by_write[id(write)]
+                    self.store.ledger_add(
+                        conn,
+                        resource_type=write.resource_type,
+                        system=write.system,
+                        value=write.value,
+                        ehr_id=result.id or write.ehr_id,
+                        ehr_version=result.version_id,
+                        action=write.action,
+                        job=plan.job,
+                    )
+                self.store.finish(
+                    conn,
+                    plan.job,
+                    JobState.SYNCED,
+                    actor=self.worker,
+                    detail={
+                        "mode": "transaction",
+                        "entries": len(plan.writes),
+                        "resources": [
+                            f"{w.resource_type}/{by_write[id(w)].id}" for w in plan.writes
+                        ],
+                    },
+                )
+                summary.add(JobState.SYNCED)
+
+    def _settle(self, job: Job, record: EncounterRecord) -> Wait | None:
+        """A write may have been applied without us hearing back: look before re-sending.
+
+        Returns a Wait (here: SYNCED) when the EHR already holds this version,
+        None when it does not (the record is then planned and sent as usual).
+        """
+        from mappings.resources import (
+            encounter_identifier,
+            note_version_identifier,
+            search_token,
+        )
+
+        if record.note is not None and record.status != "entered_in_error":
+            system, value = note_version_identifier(record, self.profile)
+            resource_type = "DocumentReference"
+        else:
+            system, value = encounter_identifier(record, self.profile)
+            resource_type = "Encounter"
+        previous = self.store.ledger_latest(resource_type, system, value)
+        found = self.client.search(resource_type, {"identifier": search_token(system, value)})
+        if len(found) != 1:
+            return None
+        resource = found[0]
+        version = (resource.get("meta") or {}).get("versionId")
+        applied = previous is None or (
+            previous.ehr_version is not None
+            and version is not None
+            and _int(version) > _int(previous.ehr_version)
+        )
+        if not applied:
+            return None
+        # Applied as a whole (transactions are all or nothing): record what the EHR holds.
+        with self.store.begin() as conn:
+            self.store.ledger_add(
+                conn,
+                resource_type=resource_type,
+                system=system,
+                value=value,
+                ehr_id=resource.get("id"),
+                ehr_version=version,
+                action="match",
+                job=job,
+            )
+            if resource_type == "DocumentReference":
+                system_e, value_e = encounter_identifier(record, self.profile)
+                enc = self.client.search(
+                    "Encounter", {"identifier": search_token(system_e, value_e)}
+                )
+                if len(enc) == 1:
+                    self.store.ledger_add(
+                        conn,
+                        resource_type="Encounter",
+                        system=system_e,
+                        value=value_e,
+                        ehr_id=enc[0].get("id"),
+                        ehr_version=(enc[0].get("meta") or {}).get("versionId"),
+                        action="match",
+                        job=job,
+                    )
+        return Wait(JobState.SYNCED, "settled-by-lookup")
+
+    # -- outcomes ---------------------------------------------------------
+
+    def _finish(
+        self,
+        job: Job,
+        state: JobState,
+        summary: SyncSummary,
+        *,
+        reason: str | None,
+        outcome_text: str | None = None,
+    ) -> None:
+        with self.store.begin() as conn:
+            self.store.finish(
+                conn, job, state, actor=self.worker, reason=reason, outcome_text=outcome_text
+            )
+        summary.add(state)
+
+    def _fail(self, job: Job, error: ConnectorError, summary: SyncSummary) -> None:
+        attempts = job.attempts + 1
+        decision = decide(error, attempts, max_attempts=self.config.sync.max_attempts, rng=self.rng)
+        next_at = (
+            self.clock() + timedelta(seconds=decision.delay_s)
+            if decision.state in (JobState.RETRY_SCHEDULED, JobState.UNKNOWN)
+            else None
+        )
+        outcome_text = error.outcome_text if isinstance(error, EhrError) else None
+        detail: dict[str, Any] = {"error": type(error).__name__, "attempt": attempts}
+        if isinstance(error, EhrHttpError):
+            detail["status"] = error.status
+            if error.outcome:
+                detail["outcome_codes"] = error.outcome.codes
+        with self.store.begin() as conn:
+            self.store.finish(
+                conn,
+                job,
+                decision.state,
+                actor=self.worker,
+                reason=str(error),
+                outcome_text=outcome_text,
+                next_attempt_at=next_at,
+                count_attempt=True,
+                detail=detail,
+            )
+        summary.add(decision.state)
+        summary.errors.append(f"{job.source}/{job.record_id}: {error}")
+        log.info(
+            "job %s (%s/%s) -> %s: %s",
+            job.id,
+            job.source,
+            job.record_id,
+            decision.state.value,
+            error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """References resolved before planning: literal ids, or conditional ones in `map`."""
+
+    patient: str
+    practitioner: str
+    organization: str
+    device: str
+
+
+class LedgerView(Protocol):
+    def ledger_latest(self, resource_type: str, system: str, value: str) -> LedgerEntry | None: ...
+
+    def ledger_for_record(
+        self, source: str, record_id: str, resource_type: str | None = None
+    ) -> list[LedgerEntry]: ...
+
+    def load_records(self, record_version_ids: Sequence[int]) -> dict[int, EncounterRecord]: ...
+
+
+class EmptyLedger:
+    """A ledger with nothing in it: what `peersync map` plans against (no store, no EHR)."""
+
+    def ledger_latest(self, resource_type: str, system: str, value: str) -> LedgerEntry | None:
+        return None
+
+    def ledger_for_record(
+        self, source: str, record_id: str, resource_type: str | None = None
+    ) -> list[LedgerEntry]:
+        return []
+
+    def load_records(self, record_version_ids: Sequence[int]) -> dict[int, EncounterRecord]:
+        return {}
+
+
+def _urn(*parts: str) -> str:
+    return f"urn:uuid:{uuid.uuid5(NAMESPACE, '|'.join(parts))}"
+
+
+def plan_record(
+    record: EncounterRecord,
+    refs: Refs,
+    *,
+    key: str,
+    profile: Profile,
+    note_format: str,
+    ledger: LedgerView,
+    recorded: datetime,
+) -> tuple[list[Write], Write]:
+    """The writes that bring the EHR up to this record version (pure, given the ledger).
+
+    Encounter (create, update, or retract); the note version's
+    DocumentReference, superseding the version it replaces (never rewriting a
+    note's content); on retraction every standing note version marked
+    entered-in-error; and one Provenance for the change. Returns the writes and
+    the one whose presence in the EHR proves the plan was applied.
+    """
+    from mappings.resources import (
+        encounter_identifier,
+        map_document_reference,
+        map_encounter,
+        map_provenance,
+        note_version_identifier,
+    )
+
+    retracting = record.status == "entered_in_error"
+    enc_system, enc_value = encounter_identifier(record, profile)
+    enc_ledger = ledger.ledger_latest("Encounter", enc_system, enc_value)
+    enc_write = Write(
+        "Encounter",
+        map_encounter(
+            record,
+            profile,
+            patient_ref=refs.patient,
+            practitioner_ref=refs.practitioner,
+            organization_ref=refs.organization,
+        ).model_dump(mode="json"),
+        _urn("Encounter", enc_system, enc_value, key),
+        "retract" if retracting else ("update" if enc_ledger else "create"),
+        enc_system,
+        enc_value,
+        ehr_id=enc_ledger.ehr_id if enc_ledger else None,
+    )
+    writes = [enc_write]
+    proof = enc_write
+    enc_ref = f"Encounter/{enc_write.ehr_id}" if enc_write.ehr_id else enc_write.full_url
+    sent_notes = [
+        entry
+        for entry in ledger.ledger_for_record(record.source, record.id, "DocumentReference")
+        if entry.identifier_system == profile.note_version_system(record.source)
+    ]
+
+    def rewrite(entry: LedgerEntry, status: str, action: str) -> Write:
+        # Re-map an already-sent note version with a new status; content unchanged.
+        assert entry.record_version_id is not None and entry.ehr_id is not None
+        old = ledger.load_records([entry.record_version_id])[entry.record_version_id]
+        doc = map_document_reference(
+            old,
+            profile,
+            patient_ref=refs.patient,
+            practitioner_ref=refs.practitioner,
+            encounter_ref=enc_ref,
+            note_format=note_format,
+            status=status,
+            organization_ref=refs.organization,
+        ).model_dump(mode="json")
+        doc["id"] = entry.ehr_id
+        return Write(
+            "DocumentReference",
+            doc,
+            _urn("DocumentReference", entry.identifier_value, action, key),
+            action,
+            entry.identifier_system,
+            entry.identifier_value,
+            ehr_id=entry.ehr_id,
+        )
+
+    standing = [e for e in sent_notes if e.action not in ("supersede", "retract") and e.ehr_id]
+    if retracting:
+        # Retract every note version still standing; never create a new note.
+        writes.extend(rewrite(entry, "entered-in-error", "retract") for entry in standing)
+    elif record.note is not None:
+        nv_system, nv_value = note_version_identifier(record, profile)
+        same = next((e for e in sent_notes if e.identifier_value == nv_value), None)
+        replaced = [e for e in standing if e.identifier_value != nv_value]
+        replaces_ref = None
+        if replaced:
+            newest = max(replaced, key=lambda e: _note_version_number(e.identifier_value))
+            replaces_ref = f"DocumentReference/{newest.ehr_id}"
+        doc = map_document_reference(
+            record,
+            profile,
+            patient_ref=refs.patient,
+            practitioner_ref=refs.practitioner,
+            encounter_ref=enc_ref,
+            note_format=note_format,
+            replaces_ref=replaces_ref,
+            organization_ref=refs.organization,
+        ).model_dump(mode="json")
+        doc_write = Write(
+            "DocumentReference",
+            doc,
+            _urn("DocumentReference", nv_system, nv_value, key),
+            "update" if same else "create",
+            nv_system,
+            nv_value,
+            ehr_id=same.ehr_id if same else None,
+        )
+        writes.append(doc_write)
+        if not same:
+            proof = doc_write
+        writes.extend(rewrite(entry, "superseded", "supersede") for entry in replaced)
+    targets = [f"{w.resource_type}/{w.ehr_id}" if w.ehr_id else w.full_url for w in writes]
+    provenance = map_provenance(
+        targets=targets,
+        recorded=recorded,
+        practitioner_ref=refs.practitioner,
+        device_ref=refs.device,
+        organization_ref=refs.organization,
+        part2=record.part2,
+        activity="NULLIFY"
+        if retracting
+        else ("CREATE" if enc_write.action == "create" else "UPDATE"),
+    ).model_dump(mode="json")
+    writes.append(Write("Provenance", provenance, _urn("Provenance", key), "provenance"))
+    return writes, proof
+
+
+def bundle_for(
+    writes: Sequence[Write], *, conditional: bool, kind: str = "transaction"
+) -> dict[str, Any]:
+    """A transaction (or batch) Bundle of the given writes, in order."""
+    entries = []
+    for write in writes:
+        entry: dict[str, Any] = {}
+        if not write.ehr_id:
+            entry["fullUrl"] = write.full_url
+        entry["resource"] = write.resource
+        entry["request"] = write.request(conditional=conditional)
+        entries.append(entry)
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+def ensure_agency(store: Store, client: FhirClient, profile: Profile) -> tuple[str, str]:
+    """Match or create (once, by identifier) the agency Organization and the connector Device."""
+    from mappings.resources import map_device, map_organization, search_token
+
+    refs = []
+    org_ref = ""
+    for kind, identity in (("organization", profile.organization), ("device", profile.device)):
+        key = f"{identity.system}|{identity.value}"
+        linked = store.get_link(kind, key)
+        resource_type = kind.capitalize()
+        if not linked:
+            token = search_token(identity.system, identity.value)
+            found = client.search(resource_type, {"identifier": token})
+            if len(found) > 1:
+                raise EhrConflict(
+                    f"{len(found)} {resource_type} resources carry the agency's identifier",
+                    status=412,
+                    method="GET",
+                    url=f"{client.base_url}/{resource_type}",
+                    outcome=Outcome(),
+                )
+            if found:
+                linked = found[0]["id"]
+                how = "match"
+            else:
+                model = (
+                    map_organization(profile)
+                    if kind == "organization"
+                    else map_device(profile, organization_ref=org_ref)
+                )
+                linked = client.create(
+                    model.model_dump(mode="json"), if_none_exist=f"identifier={token}"
+                ).id
+                how = "create"
+            store.set_link(kind, key, linked, linked_by=how)
+        ref = f"{resource_type}/{linked}"
+        if kind == "organization":
+            org_ref = ref
+        refs.append(ref)
+    return refs[0], refs[1]
+
+
+def _note_version_number(value: str) -> int:
+    _, _, tail = value.rpartition(".v")
+    return _int(tail)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0

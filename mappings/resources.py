@@ -1,0 +1,493 @@
+"""Record + agency profile -> FHIR R4 resources (US Core 6.1.0), as R4B models.
+
+Every function here is pure: no I/O, no clock, no random ids. Whatever varies
+between calls (references, the Provenance's ``recorded`` instant) is passed in,
+so the same arguments always give the same JSON.
+
+References are plain strings put in ``Reference.reference`` as given: a literal
+``Patient/123``, a bundle-local ``urn:uuid:...`` or a conditional
+``Patient?identifier=...``.
+
+``fhir.resources`` accepts any string where FHIR wants a code, so the codes
+chosen here are checked by the unit tests, not by the models.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from fhir.resources.R4B.coding import Coding
+from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.organization import Organization
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.practitioner import Practitioner
+from fhir.resources.R4B.provenance import Provenance
+
+from connector.errors import FieldError, RecordInvalid
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from connector.records import EncounterRecord, Note, Specialist
+    from mappings.profile import Profile
+
+# How a note's text travels in DocumentReference.content[0].
+NOTE_PLAIN = "text/plain"  # the note's exact UTF-8 bytes
+NOTE_XHTML = "application/xhtml+xml"  # escaped into <div><pre>, for EHRs that take only XHTML
+NOTE_FORMATS = (NOTE_PLAIN, NOTE_XHTML)
+
+# Code systems and identifier systems.
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+HCPCS = "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+NPI = "http://hl7.org/fhir/sid/us-npi"
+DOCREF_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
+PROVENANCE_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+US_CORE_PROVENANCE_PARTICIPANT = (
+    "http://hl7.org/fhir/us/core/CodeSystem/us-core-provenance-participant-type"
+)
+FORMAT_CODES = "urn:oid:1.3.6.1.4.1.19376.1.2.3"  # HL7/IHE format codes
+DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+
+# record.status -> Encounter.status
+ENCOUNTER_STATUS = {
+    "completed": "finished",
+    "cancelled": "cancelled",
+    "no_show": "cancelled",
+    "entered_in_error": "entered-in-error",
+}
+# Encounter.class (v3-ActCode): code -> display
+ENCOUNTER_CLASSES = {"VR": "virtual", "HH": "home health", "AMB": "ambulatory"}
+HCPCS_DISPLAYS = {"H0038": "Self-help/peer services, per 15 minutes"}
+DOCREF_STATUSES = ("current", "superseded", "entered-in-error")
+# Provenance.activity (v3-DataOperation): code -> display
+PROVENANCE_ACTIVITIES = {"CREATE": "create", "UPDATE": "revise", "NULLIFY": "nullify"}
+
+NOTE_TITLE = "Peer support progress note"  # no PHI in titles
+PART2_NOTICE_TITLE = "42 CFR Part 2 redisclosure notice"
+_PLAIN_CONTENT_TYPE = "text/plain; charset=utf-8"
+_MARKDOWN_CONTENT_TYPE = "text/markdown; charset=utf-8"
+_MIME_TYPE_SUFFICIENT = {
+    "system": FORMAT_CODES,
+    "code": "urn:ihe:iti:xds:2017:mimeTypeSufficient",
+    "display": "mimeType Sufficient",
+}
+# Characters XML 1.0 forbids even as references (tab, LF and CR are allowed).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+# --- identifiers -----------------------------------------------------------
+
+
+class IdentifierKey(NamedTuple):
+    """An identifier as (system, value): the key of conditional writes and look-ups."""
+
+    system: str
+    value: str
+
+    @property
+    def token(self) -> str:
+        """``system|value`` escaped for a FHIR ``identifier=`` search."""
+        return search_token(self.system, self.value)
+
+    def as_fhir(self) -> dict[str, str]:
+        return {"system": self.system, "value": self.value}
+
+
+def _escape_search(part: str) -> str:
+    # FHIR R4 search.html "Escaping Search Parameters": \ first, then the separators.
+    for char in ("\\", "|", ",", "$"):
+        part = part.replace(char, "\\" + char)
+    return part
+
+
+def search_token(system: str, value: str) -> str:
+    """``system|value`` with ``\\ | , $`` escaped in each part (URL-encoding is the caller's)."""
+    return f"{_escape_search(system)}|{_escape_search(value)}"
+
+
+def encounter_identifier(record: EncounterRecord, profile: Profile) -> IdentifierKey:
+    return IdentifierKey(profile.encounter_system(record.source), record.id)
+
+
+def note_identifier(record: EncounterRecord, profile: Profile) -> IdentifierKey:
+    """The note's stable identifier (the same for every version)."""
+    note = _require_note(record)
+    return IdentifierKey(profile.note_system(record.source), note.id)
+
+
+def note_version_identifier(record: EncounterRecord, profile: Profile) -> IdentifierKey:
+    """One note version's identifier: the key conditional writes and look-ups use."""
+    note = _require_note(record)
+    return IdentifierKey(profile.note_version_system(record.source), f"{note.id}.v{note.version}")
+
+
+def staff_identifier(specialist: Specialist, profile: Profile) -> IdentifierKey:
+    return IdentifierKey(profile.staff_system, specialist.id)
+
+
+def mrn_identifier(mrn: str, profile: Profile) -> IdentifierKey:
+    return IdentifierKey(profile.mrn_system, mrn)
+
+
+def participant_identifier(record: EncounterRecord, profile: Profile) -> IdentifierKey:
+    return IdentifierKey(profile.participant_system(record.source), record.participant.id)
+
+
+# --- shared pieces ---------------------------------------------------------
+
+
+def part2_security_labels() -> list[Coding]:
+    """The 42 CFR Part 2 labels for ``meta.security``: restricted, SUD-sensitive, Part 2 policy."""
+    return [
+        Coding(system=CONFIDENTIALITY, code="R", display="restricted"),
+        Coding(system=ACT_CODE, code="ETH", display="substance abuse information sensitivity"),
+        Coding(system=ACT_CODE, code="42CFRPart2", display="42 CFR Part2"),
+    ]
+
+
+def _part2_meta() -> dict[str, Any]:
+    return {"security": [c.model_dump(mode="json") for c in part2_security_labels()]}
+
+
+def _ref(reference: str) -> dict[str, str]:
+    if not reference:
+        raise ValueError("a reference must not be empty")
+    return {"reference": reference}
+
+
+def _instant(value: datetime, what: str) -> str:
+    """An aware datetime as an ISO 8601 instant, keeping its own offset."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must carry a UTC offset")
+    return value.isoformat()
+
+
+def _period(record: EncounterRecord) -> dict[str, str]:
+    return {"start": _instant(record.start, "start"), "end": _instant(record.end, "end")}
+
+
+def _concept(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    coding = {"system": system, "code": code}
+    if display:
+        coding["display"] = display
+    return {"coding": [coding]}
+
+
+def _require_note(record: EncounterRecord) -> Note:
+    if record.note is None:
+        raise ValueError(f"record {record.id} has no note")
+    return record.note
+
+
+# --- Encounter -------------------------------------------------------------
+
+
+def encounter_class(record: EncounterRecord) -> str:
+    """One rule: video or phone -> VR; else a home setting -> HH; else AMB."""
+    if record.service.modality in ("video", "phone"):
+        return "VR"
+    if record.service.setting == "home":
+        return "HH"
+    return "AMB"
+
+
+def map_encounter(
+    record: EncounterRecord,
+    profile: Profile,
+    *,
+    patient_ref: str,
+    practitioner_ref: str,
+    organization_ref: str | None = None,
+) -> Encounter:
+    """The US Core Encounter of one record.
+
+    ``service.setting``, ``service.group_size`` and ``consent.id`` are kept
+    locally and deliberately not sent.
+    """
+    code = record.service.code or profile.service_code
+    display = HCPCS_DISPLAYS.get(code)
+    service_type = _concept(HCPCS, code, display)
+    service_type["text"] = display or f"HCPCS {code}"
+    class_code = encounter_class(record)
+    period = _period(record)
+
+    data: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "identifier": [encounter_identifier(record, profile).as_fhir()],
+        "status": ENCOUNTER_STATUS[record.status],
+        "class": {
+            "system": ACT_CODE,
+            "code": class_code,
+            "display": ENCOUNTER_CLASSES[class_code],
+        },
+        "type": [service_type],
+        "subject": _ref(patient_ref),
+        "participant": [
+            {
+                "type": [_concept(PARTICIPATION_TYPE, "PPRF", "primary performer")],
+                "period": period,
+                "individual": _ref(practitioner_ref),
+            }
+        ],
+        "period": period,
+        "length": {"value": record.minutes, "unit": "min", "system": UCUM, "code": "min"},
+    }
+    if record.goals:
+        data["reasonCode"] = [{"text": goal} for goal in record.goals]
+    if organization_ref:
+        data["serviceProvider"] = _ref(organization_ref)
+    if record.part2:
+        data["meta"] = _part2_meta()
+    return Encounter.model_validate(data)
+
+
+# --- DocumentReference -----------------------------------------------------
+
+
+def note_xhtml(text: str) -> str:
+    """The note as an XHTML fragment: escaped, in ``<pre>`` so its line breaks show.
+
+    Not byte-exact (XML turns CR LF into LF, and characters XML forbids become
+    U+FFFD), which is why XHTML is only for EHRs that accept nothing else.
+    """
+    body = _NOT_XML.sub("\ufffd", html.escape(text, quote=False))
+    return f'<div xmlns="http://www.w3.org/1999/xhtml"><pre>{body}</pre></div>'
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _note_bytes(record: EncounterRecord, text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\ud800" escape
+        raise RecordInvalid(
+            [FieldError("note.text", "is not valid Unicode text (lone surrogate)")],
+            source=record.source,
+            record_id=record.id,
+        ) from exc
+
+
+def _note_attachment(
+    record: EncounterRecord, note: Note, profile: Profile, note_format: str
+) -> dict[str, Any]:
+    if note_format == NOTE_XHTML:
+        content_type = NOTE_XHTML
+        payload = note_xhtml(note.text).encode("utf-8")
+    else:
+        markdown = note.content_type == "text/markdown" and profile.allow_markdown
+        content_type = _MARKDOWN_CONTENT_TYPE if markdown else _PLAIN_CONTENT_TYPE
+        payload = _note_bytes(record, note.text)  # exactly as written: no normalisation
+    return {"contentType": content_type, "data": _b64(payload), "title": NOTE_TITLE}
+
+
+def map_document_reference(
+    record: EncounterRecord,
+    profile: Profile,
+    *,
+    patient_ref: str,
+    practitioner_ref: str,
+    encounter_ref: str | None,
+    note_format: str = NOTE_PLAIN,
+    status: str | None = None,
+    replaces_ref: str | None = None,
+    organization_ref: str | None = None,
+) -> DocumentReference:
+    """The US Core clinical note for one version of the record's note.
+
+    ``status`` overrides the status (``superseded`` for a replaced version);
+    otherwise a retracted record gives ``entered-in-error`` and any other
+    ``current``. ``replaces_ref`` points at the version this one amends.
+    """
+    note = _require_note(record)
+    if note_format not in NOTE_FORMATS:
+        raise ValueError(f"note_format must be one of {', '.join(NOTE_FORMATS)}")
+    if status is None:
+        status = "entered-in-error" if record.status == "entered_in_error" else "current"
+    elif status not in DOCREF_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(DOCREF_STATUSES)}")
+
+    note_type = _concept(LOINC, profile.note_type_code, profile.note_type_display)
+    note_type["text"] = profile.note_type_display
+    context: dict[str, Any] = {"period": _period(record)}
+    if encounter_ref:
+        context["encounter"] = [_ref(encounter_ref)]
+    content = [
+        {
+            "attachment": _note_attachment(record, note, profile, note_format),
+            "format": _MIME_TYPE_SUFFICIENT,
+        }
+    ]
+
+    data: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "identifier": [
+            note_identifier(record, profile).as_fhir(),
+            note_version_identifier(record, profile).as_fhir(),
+        ],
+        "status": status,
+        "docStatus": "final",
+        "type": note_type,
+        "category": [_concept(DOCREF_CATEGORY, "clinical-note", "Clinical Note")],
+        "subject": _ref(patient_ref),
+        "date": _instant(note.signed_at or record.end, "note.signed_at or end"),
+        "author": [_ref(practitioner_ref)],
+        "content": content,
+        "context": context,
+    }
+    if organization_ref:
+        data["custodian"] = _ref(organization_ref)
+    if replaces_ref:
+        data["relatesTo"] = [{"code": "replaces", "target": _ref(replaces_ref)}]
+    if record.part2:
+        data["meta"] = _part2_meta()
+        # The §2.32 notice travels with the note, after it: content[0] stays the note.
+        content.append(
+            {
+                "attachment": {
+                    "contentType": _PLAIN_CONTENT_TYPE,
+                    "data": _b64(profile.part2_notice.encode("utf-8")),
+                    "title": PART2_NOTICE_TITLE,
+                },
+                "format": _MIME_TYPE_SUFFICIENT,
+            }
+        )
+    return DocumentReference.model_validate(data)
+
+
+# --- Practitioner, Patient, Organization, Device ---------------------------
+
+
+def _human_name(given: str | None, family: str | None) -> dict[str, Any]:
+    name: dict[str, Any] = {}
+    if family:
+        name["family"] = family
+    if given:
+        name["given"] = [given]
+    return name
+
+
+def map_practitioner(specialist: Specialist, profile: Profile) -> Practitioner:
+    """The specialist as a Practitioner: staff id first (the match key), NPI second."""
+    identifiers = [staff_identifier(specialist, profile).as_fhir()]
+    if specialist.npi:
+        identifiers.append({"system": NPI, "value": specialist.npi})
+    data: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "identifier": identifiers,
+        "active": True,
+    }
+    if specialist.has_name:
+        data["name"] = [_human_name(specialist.given, specialist.family)]
+    if specialist.credential:
+        # No standard code system covers peer credentials (CPRS, CPSS, ...): text only.
+        data["qualification"] = [{"code": {"text": specialist.credential}}]
+    return Practitioner.model_validate(data)
+
+
+def map_patient(record: EncounterRecord, profile: Profile) -> Patient:
+    """A new Patient, for profiles that create missing ones (the EHR owns patients).
+
+    Gender is ``unknown``: the contract does not carry it and US Core requires it.
+    """
+    person = record.participant
+    identifiers = []
+    if person.mrn:
+        identifiers.append(mrn_identifier(person.mrn, profile).as_fhir())
+    identifiers.append(participant_identifier(record, profile).as_fhir())
+    name = _human_name(person.given, person.family)
+    if not name:  # US Core us-core-6: a name, or a data-absent-reason on it
+        name = {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]}
+    data: dict[str, Any] = {
+        "resourceType": "Patient",
+        "identifier": identifiers,
+        "active": True,
+        "name": [name],
+        "gender": "unknown",
+    }
+    if person.birth_date:
+        data["birthDate"] = person.birth_date.isoformat()
+    return Patient.model_validate(data)
+
+
+def map_organization(profile: Profile) -> Organization:
+    org = profile.organization
+    return Organization.model_validate(
+        {
+            "resourceType": "Organization",
+            "identifier": [{"system": org.system, "value": org.value}],
+            "active": True,
+            "name": org.name,
+        }
+    )
+
+
+def map_device(profile: Profile, *, organization_ref: str | None = None) -> Device:
+    device = profile.device
+    data: dict[str, Any] = {
+        "resourceType": "Device",
+        "identifier": [{"system": device.system, "value": device.value}],
+        "status": "active",
+        "deviceName": [{"name": device.name, "type": "user-friendly-name"}],
+    }
+    if organization_ref:
+        data["owner"] = _ref(organization_ref)
+    return Device.model_validate(data)
+
+
+# --- Provenance ------------------------------------------------------------
+
+
+def map_provenance(
+    *,
+    targets: Sequence[str],
+    recorded: datetime,
+    practitioner_ref: str,
+    device_ref: str,
+    organization_ref: str,
+    part2: bool = False,
+    activity: str | None = None,
+) -> Provenance:
+    """US Core Provenance: the specialist authored, our Device transmitted, both for the agency.
+
+    ``activity`` is a v3-DataOperation code: CREATE, UPDATE or NULLIFY (a retraction).
+    """
+    if isinstance(targets, str) or not targets:
+        raise ValueError("targets must be a non-empty sequence of references")
+    on_behalf_of = _ref(organization_ref)
+    data: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "target": [_ref(target) for target in targets],
+        "recorded": _instant(recorded, "recorded"),
+        "agent": [
+            {
+                "type": _concept(PROVENANCE_PARTICIPANT, "author", "Author"),
+                "who": _ref(practitioner_ref),
+                "onBehalfOf": on_behalf_of,
+            },
+            {
+                "type": _concept(US_CORE_PROVENANCE_PARTICIPANT, "transmitter", "Transmitter"),
+                "who": _ref(device_ref),
+                "onBehalfOf": on_behalf_of,
+            },
+        ],
+    }
+    if activity is not None:
+        if activity not in PROVENANCE_ACTIVITIES:
+            raise ValueError(f"activity must be one of {', '.join(PROVENANCE_ACTIVITIES)}")
+        data["activity"] = _concept(DATA_OPERATION, activity, PROVENANCE_ACTIVITIES[activity])
+    if part2:
+        data["meta"] = _part2_meta()
+    return Provenance.model_validate(data)
