@@ -8,6 +8,8 @@ holds its patients; the participant without an MRN is left to wait.
 from __future__ import annotations
 
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -86,6 +88,8 @@ def run_demo(folder: Path, *, ehr_port: int, web_port: int, serve: bool) -> None
     ehr = SekmetServer(folder / "ehr", port=ehr_port)
     click.echo(f"starting the demo EHR (sekmet) on {ehr.base_url} ...")
     ehr.start()
+    # SIGTERM must run the `finally` below too, or the EHR would outlive the demo.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         path = write_config(folder, base_url=ehr.base_url, default_source="peer-tool")
         config = load_config(path)
