@@ -58,17 +58,18 @@ FORMATS: Final = ("json", "jsonl", "csv")
 _FORMAT_ALIASES: Final = {"json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv"}
 _EXTENSIONS: Final = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
-CHUNK_SIZE: Final = 64 * 1024
+CHUNK_SIZE = 64 * 1024  # not Final: tests shrink it to split input everywhere
 # Largest single record accepted from a file (bytes for JSON Lines/one object,
 # characters for a JSON array element). A maximal note (100,000 characters,
 # each written as a 12-character surrogate-pair escape) stays well below it.
-MAX_RECORD_SIZE: Final = 4 * 1024 * 1024
+MAX_RECORD_SIZE = 4 * 1024 * 1024
 MAX_NAME_IN_MESSAGE: Final = 64
 MAX_SPAN: Final = timedelta(hours=24)
 DOCUMENTATION_TOLERANCE_MINUTES: Final = 1.0
 
 _BOM: Final = b"\xef\xbb\xbf"
 _JSON_WS: Final = b" \t\r\n"
+_NON_WS_BYTES: Final = re.compile(rb"[^ \t\r\n]")
 
 
 # --------------------------------------------------------------------------
@@ -95,7 +96,17 @@ class Rejected:
 
 
 Result: TypeAlias = Accepted | Rejected
-Input: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | IO[bytes] | IO[str] | Iterable[bytes] | Iterable[str]"  # noqa: E501
+# A path, the content itself (bytes), a binary or text stream, or chunks.
+Input: TypeAlias = (
+    str
+    | os.PathLike[str]
+    | bytes
+    | bytearray
+    | IO[bytes]
+    | IO[str]
+    | Iterable[bytes]
+    | Iterable[str]
+)
 
 
 # --------------------------------------------------------------------------
@@ -220,7 +231,10 @@ def _type_test(kind: str) -> Callable[[object], bool]:
     if kind == "integer":
         return lambda v: _is_integer(None, v)
     if kind == "number":
-        return lambda v: _is_number(None, v) and (type(v) is int or math.isfinite(v))
+        return lambda v: (
+            not isinstance(v, bool)
+            and (isinstance(v, int) or (isinstance(v, float) and math.isfinite(v)))
+        )
     if kind == "null":
         return lambda v: v is None
     raise _NoFastPath(kind)
@@ -554,9 +568,12 @@ def _validate(
             [*errors, FieldError("", MSG_NOT_OBJECT)], source=source, position=position
         )
     if errors or _FAST_CHECK is None or not _FAST_CHECK(obj):
-        seen: set[tuple[str, str]] = {(e.path, e.message) for e in errors}
+        # A field already reported while reading it (a CSV cell that isn't an
+        # integer, say) was left out of `obj`: don't also call it missing.
+        reported = {e.path for e in errors}
+        seen: set[tuple[str, str]] = set()
         for error in VALIDATOR.iter_errors(obj):
-            errors.extend(_translate(error, seen))
+            errors.extend(e for e in _translate(error, seen) if e.path not in reported)
         errors.extend(_walk_values(obj))
     bad = {e.path for e in errors}
     errors.extend(_cross_field(obj, bad))
@@ -616,6 +633,7 @@ class _Source(io.RawIOBase):
         self._read_chunk = read
         self.head = bytearray()
         self._eof = False
+        self.skipped_lines = 0  # blank lines dropped by first_data()
 
     def readable(self) -> bool:
         return True
@@ -656,14 +674,30 @@ class _Source(io.RawIOBase):
         if self.head.startswith(_BOM):
             del self.head[: len(_BOM)]
 
-    def next_non_ws(self, start: int) -> int | None:
-        """Index in the look-ahead of the first non-whitespace byte from ``start``."""
-        i = start
+    def first_data(self) -> int | None:
+        """Index in the look-ahead of the first non-whitespace byte (None: no data).
+
+        Leading blank lines are dropped as they are read and counted in
+        ``skipped_lines``, so a long run of them can't fill the memory.
+        """
         while True:
-            while i < len(self.head):
-                if self.head[i] not in _JSON_WS:
-                    return i
-                i += 1
+            m = _NON_WS_BYTES.search(self.head)
+            if m is not None:
+                return m.start()
+            last_newline = self.head.rfind(b"\n")
+            if last_newline >= 0:
+                self.skipped_lines += self.head.count(b"\n", 0, last_newline + 1)
+                del self.head[: last_newline + 1]
+            if not self.pull():
+                return None
+
+    def next_non_ws(self, start: int) -> int | None:
+        """Index in the look-ahead of the first non-whitespace byte from ``start``
+        (None at the end of input or past MAX_RECORD_SIZE)."""
+        while True:
+            m = _NON_WS_BYTES.search(self.head, start)
+            if m is not None:
+                return m.start()
             if len(self.head) > MAX_RECORD_SIZE or not self.pull():
                 return None
 
@@ -742,17 +776,28 @@ def iter_records(
 ) -> Iterator[Result]:
     """Stream the records of a file, stream, bytes or iterable of chunks.
 
+    ``path_or_stream`` is a path (opened and closed here), ``bytes`` (the
+    content itself), a binary or text stream, or an iterable of ``bytes`` /
+    ``str`` chunks. Give CSV as bytes or a text stream opened with
+    ``newline=""``, or line breaks inside quoted cells can't be kept as written.
+
     ``format`` ("json", "jsonl"/"ndjson", "csv") overrides detection, which
     uses the extension (``.json``, ``.jsonl``/``.ndjson``, ``.csv``) and, for
     ``.json`` or an unknown name, the first non-space byte: ``[`` an array,
     ``{`` one object or JSON Lines (anything else, when the name says nothing:
     CSV). Memory stays bounded by the largest record, whatever the file size.
+    A bad format name raises ``ValueError`` at once; the file is opened on the
+    first ``next()``.
     """
     forced: str | None = None
     if format is not None:
         forced = _FORMAT_ALIASES.get(format.lower())
         if forced is None:
             raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    return _iter_records(path_or_stream, source, forced)
+
+
+def _iter_records(path_or_stream: Input, source: str, forced: str | None) -> Iterator[Result]:
     read, close, name = _reader_for(path_or_stream)
     try:
         src = _Source(read)
@@ -765,7 +810,7 @@ def iter_records(
         if fmt == "jsonl":
             yield from _iter_jsonl(src, source)
             return
-        first = src.next_non_ws(0)
+        first = src.first_data()
         if first is None:
             return  # empty input: no records
         byte = src.head[first]
@@ -793,7 +838,7 @@ def _json_error_text(msg: str) -> str:
 def _iter_jsonl(src: _Source, source: str) -> Iterator[Result]:
     reader = io.BufferedReader(src, CHUNK_SIZE)
     loads = json.loads
-    lineno = 0
+    lineno = src.skipped_lines
     while True:
         line = reader.readline(MAX_RECORD_SIZE + 1)
         if not line:
@@ -842,7 +887,8 @@ def _iter_json_object(src: _Source, source: str) -> Iterator[Result]:
         obj, end = decoder.raw_decode(text, start)
     except json.JSONDecodeError as exc:
         msg = _json_error_text(exc.msg)
-        yield _reject(source, 1, f"invalid JSON: {msg} at line {exc.lineno} column {exc.colno}")
+        line = exc.lineno + src.skipped_lines
+        yield _reject(source, 1, f"invalid JSON: {msg} at line {line} column {exc.colno}")
         return
     except RecursionError:
         yield _reject(source, 1, "invalid JSON: nested too deeply")
@@ -850,13 +896,14 @@ def _iter_json_object(src: _Source, source: str) -> Iterator[Result]:
     except ValueError:
         yield _reject(source, 1, "invalid JSON: number too long")
         return
-    if _ESCAPED.search(text) is not None:
+    if _ESCAPED.search(text, start, end) is not None:
         yield _reject(source, 1, "invalid UTF-8")
-        return
-    yield _check(obj, source=source, position=1)
+    else:
+        yield _check(obj, source=source, position=1)
     rest = _skip_ws(text, end)
     if rest < len(text):
         line, col = _line_col(text, rest)
+        line += src.skipped_lines
         yield _reject(
             source, 2, f"invalid JSON: unexpected data after the object at line {line} column {col}"
         )
@@ -892,13 +939,13 @@ class _ArrayReader:
     syntax error costs only that element.
     """
 
-    def __init__(self, read: Callable[[int], bytes]) -> None:
+    def __init__(self, read: Callable[[int], bytes], skipped_lines: int = 0) -> None:
         self._read = read
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
         self.buf = ""
         self.pos = 0
         self.eof = False
-        self._lines = 0  # newlines in text already dropped from the buffer
+        self._lines = skipped_lines  # newlines in text already dropped from the buffer
         self._col = 0  # characters after the last dropped newline
 
     # buffer management
@@ -995,43 +1042,45 @@ class _ArrayReader:
             pass
         else:
             if stop < len(self.buf) or self.eof:
-                self.pos = stop
-                if _ESCAPED.search(self.buf, start, stop) is not None:
-                    return None, "invalid UTF-8"
-                return obj, None
+                return self._decoded(obj, start, stop)
         # Slow path: find where this element ends, then decode it again.
-        end: int | None = self._scan_end(start, index)
+        end, oversize = self._scan_end(start)
+        if oversize is not None:
+            if end is None:
+                raise _Fatal(index, f"{oversize}; cannot continue")
+            self.pos = end
+            return None, oversize
         try:
             obj, stop = _DECODER.raw_decode(self.buf, start)
-        except json.JSONDecodeError as exc:
-            message = f"invalid JSON: {_json_error_text(exc.msg)} {self.where(exc.pos)}"
+        except (ValueError, RecursionError) as exc:
+            message = _decode_problem(exc, self.where)
             if end is None:
                 raise _Fatal(index, message) from None
             self.pos = end
             return None, message
-        except RecursionError:
-            if end is None:
-                raise _Fatal(index, "invalid JSON: nested too deeply") from None
-            self.pos = end
-            return None, "invalid JSON: nested too deeply"
-        except ValueError:
-            if end is None:
-                raise _Fatal(index, "invalid JSON: number too long") from None
-            self.pos = end
-            return None, "invalid JSON: number too long"
         after = _skip_ws(self.buf, stop)
         if end is not None and after < end:
-            message = f"invalid JSON: Expecting ',' delimiter {self.where(after)}"
             self.pos = end
-            return None, message
+            return None, f"invalid JSON: Expecting ',' delimiter {self.where(after)}"
+        return self._decoded(obj, start, stop)
+
+    def _decoded(self, obj: object, start: int, stop: int) -> tuple[object, str | None]:
         self.pos = stop
+        if stop - start > MAX_RECORD_SIZE:
+            return None, f"record too large (over {MAX_RECORD_SIZE} characters)"
         if _ESCAPED.search(self.buf, start, stop) is not None:
             return None, "invalid UTF-8"
         return obj, None
 
-    def _scan_end(self, start: int, index: int) -> int | None:
-        """Index of the ``,`` or ``]`` closing the element at ``start`` (None at EOF)."""
+    def _scan_end(self, start: int) -> tuple[int | None, str | None]:
+        """Where the element at ``start`` ends: (index of the closing ``,`` or
+        ``]`` or None at end of input, why it is rejected when it is too large).
+
+        Past MAX_RECORD_SIZE it keeps scanning (dropping what it has read) to
+        find the next element, so memory stays bounded.
+        """
         i, depth, in_string = start, 0, False
+        oversize: str | None = None
         while True:
             buf = self.buf
             if in_string:
@@ -1063,21 +1112,42 @@ class _ArrayReader:
                         if ch in "]}":
                             depth -= 1
                     elif ch in ",]":
-                        return j
+                        return j, oversize
                     continue
                 i = len(buf)
-            if i - start > MAX_RECORD_SIZE:
-                raise _Fatal(
-                    index,
-                    f"record too large (over {MAX_RECORD_SIZE} characters) "
-                    f"{self.where(start)}; cannot continue",
-                )
+            if oversize is None and i - start > MAX_RECORD_SIZE:
+                oversize = self._oversize(start)
+            if oversize is not None:
+                self.pos = i  # drop what was scanned
+                self._compact()
+                i = 0
             if not self._more():
-                return None
+                return None, oversize
+
+    def _oversize(self, start: int) -> str:
+        """Why an element with no end in sight is rejected: a syntax error in
+        view, or else its size."""
+        try:
+            _DECODER.raw_decode(self.buf, start)
+        except json.JSONDecodeError as exc:
+            # A string or value cut off by the end of the buffer is no proof.
+            if exc.pos < len(self.buf) - 1 and not exc.msg.startswith("Unterminated string"):
+                return _decode_problem(exc, self.where)
+        except (ValueError, RecursionError):
+            pass
+        return f"record too large (over {MAX_RECORD_SIZE} characters) {self.where(start)}"
+
+
+def _decode_problem(exc: Exception, where: Callable[[int], str]) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON: {_json_error_text(exc.msg)} {where(exc.pos)}"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return "invalid JSON: number too long"
 
 
 def _iter_json_array(src: _Source, source: str) -> Iterator[Result]:
-    reader = _ArrayReader(io.BufferedReader(src, CHUNK_SIZE).read)
+    reader = _ArrayReader(io.BufferedReader(src, CHUNK_SIZE).read, src.skipped_lines)
     elements = reader.elements()
     while True:
         try:
@@ -1159,6 +1229,8 @@ def _iter_csv(src: _Source, source: str) -> Iterator[Result]:
     reader = csv.reader(text, strict=True)
     try:
         header = next(reader)
+        while not header:  # blank lines before the header
+            header = next(reader)
     except StopIteration:
         return
     except csv.Error as exc:
