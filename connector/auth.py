@@ -9,7 +9,8 @@
                    (client_id, client_secret_file | client_secret_env, scope, token_url)
     smart          SMART Backend Services: client_credentials with a private_key_jwt
                    client assertion (client_id, private_key_file, key_id, algorithm,
-                   scope, token_url or discovery from [base]/.well-known/smart-configuration)
+                   scope, token_url or discovery from [base]/.well-known/smart-configuration;
+                   private_key_env may name a variable holding the PEM instead of a file)
 
 Token-based auths cache the access token, renew it before it expires and, on a
 401, fetch a new token once and replay the request. Secrets are read at build
@@ -59,6 +60,7 @@ __all__ = [
     "TokenAuth",
     "build_auth",
     "load_private_key",
+    "parse_private_key",
     "smart_scopes",
 ]
 
@@ -468,14 +470,21 @@ def load_private_key(
         raise ConfigError(f"{key}: file not found ({p})") from None
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {p} ({exc.strerror})") from None
+    return parse_private_key(data, key=key, where=str(p))
+
+
+def parse_private_key(
+    data: bytes, *, key: str, where: str = "the key"
+) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    """Parse PEM bytes into a private key; errors never quote the bytes."""
     try:
         loaded = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise ConfigError(f"{key}: {p} is encrypted; give an unencrypted PEM key") from None
+        raise ConfigError(f"{key}: {where} is encrypted; give an unencrypted PEM key") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise ConfigError(f"{key}: {p} is not a PEM private key") from None
+        raise ConfigError(f"{key}: {where} is not a PEM private key") from None
     if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"{key}: {p} is neither an RSA nor an EC private key")
+        raise ConfigError(f"{key}: {where} is neither an RSA nor an EC private key")
     return loaded
 
 
@@ -500,15 +509,37 @@ def _required(cfg: Mapping[str, Any], name: str, prefix: str) -> str:
     return value
 
 
-def _secret(cfg: Mapping[str, Any], name: str, prefix: str) -> str:
-    """A secret from ``<name>_file`` (its one line) or ``<name>_env`` (a variable's name)."""
+def _path(value: str, base_dir: Path | None) -> Path:
+    p = Path(value).expanduser()
+    return base_dir / p if base_dir is not None and not p.is_absolute() else p
+
+
+def _file_or_env(cfg: Mapping[str, Any], name: str, prefix: str) -> tuple[str | None, str | None]:
     file_key, env_key = f"{name}_file", f"{name}_env"
     path = _text(cfg, file_key, prefix, required=False)
     var = _text(cfg, env_key, prefix, required=False)
     if path and var:
         raise ConfigError(f"{prefix}.{file_key}: set only one of {file_key} and {env_key}")
+    if not path and not var:
+        raise ConfigError(f"{prefix}.{file_key}: required (or {env_key})")
+    return path, var
+
+
+def _env(var: str, key: str) -> str:
+    value = os.environ.get(var)
+    if value is None:
+        raise ConfigError(f"{key}: environment variable {var} is not set")
+    if not value.strip():
+        raise ConfigError(f"{key}: environment variable {var} is empty")
+    return value.strip()
+
+
+def _secret(cfg: Mapping[str, Any], name: str, prefix: str, base_dir: Path | None = None) -> str:
+    """A secret from ``<name>_file`` (its one line) or ``<name>_env`` (a variable's name)."""
+    file_key, env_key = f"{name}_file", f"{name}_env"
+    path, var = _file_or_env(cfg, name, prefix)
     if path:
-        p = Path(path).expanduser()
+        p = _path(path, base_dir)
         try:
             value = p.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -522,14 +553,8 @@ def _secret(cfg: Mapping[str, Any], name: str, prefix: str) -> str:
         if "\n" in value:
             raise ConfigError(f"{prefix}.{file_key}: {p} must hold a single line")
         return value
-    if var:
-        env_value = os.environ.get(var)
-        if env_value is None:
-            raise ConfigError(f"{prefix}.{env_key}: environment variable {var} is not set")
-        if not env_value.strip():
-            raise ConfigError(f"{prefix}.{env_key}: environment variable {var} is empty")
-        return env_value.strip()
-    raise ConfigError(f"{prefix}.{file_key}: required (or {env_key})")
+    assert var is not None
+    return _env(var, f"{prefix}.{env_key}")
 
 
 def _scope(cfg: Mapping[str, Any], prefix: str, default: str) -> str:
@@ -552,23 +577,29 @@ def build_auth(
     timeout_s: float = 30.0,
     default_scope: str | None = None,
     clock: Clock = time.time,
+    base_dir: str | os.PathLike[str] | None = None,
     prefix: str = "ehr.auth",
 ) -> requests.auth.AuthBase | None:
     """Build the auth named by the ``[ehr.auth]`` table; secrets and keys are read now.
 
     ``default_scope`` is used when the table has no ``scope`` (default
     :data:`DEFAULT_SMART_SCOPES`; pass ``smart_scopes(create_patients=True)``
-    where the profile creates patients). Returns None for ``type = "none"``.
+    where the profile creates patients). Relative file paths are taken from
+    ``base_dir`` (the config file's folder) when given. ``private_key_env`` names
+    a variable holding the PEM text. Returns None for ``type = "none"``.
     """
+    folder = Path(base_dir) if base_dir is not None else None
     kind = cfg.get("type", "none")
     if kind not in AUTH_TYPES:
         raise ConfigError(f"{prefix}.type: must be one of {', '.join(AUTH_TYPES)}")
     if kind == "none":
         return None
     if kind == "basic":
-        return BasicAuth(_required(cfg, "username", prefix), _secret(cfg, "password", prefix))
+        return BasicAuth(
+            _required(cfg, "username", prefix), _secret(cfg, "password", prefix, folder)
+        )
     if kind == "bearer":
-        return BearerTokenAuth(_secret(cfg, "token", prefix))
+        return BearerTokenAuth(_secret(cfg, "token", prefix, folder))
 
     token_url = _text(cfg, "token_url", prefix, required=False)
     common: dict[str, Any] = {
@@ -583,7 +614,7 @@ def build_auth(
     if kind == "client_secret":
         return ClientSecretAuth(
             client_id=client_id,
-            client_secret=_secret(cfg, "client_secret", prefix),
+            client_secret=_secret(cfg, "client_secret", prefix, folder),
             scope=_scope(cfg, prefix, default_scope or ""),
             **common,
         )
@@ -591,9 +622,16 @@ def build_auth(
     algorithm = _text(cfg, "algorithm", prefix, required=False) or "RS384"
     if algorithm not in SMART_ALGORITHMS:
         raise ConfigError(f"{prefix}.algorithm: must be one of {', '.join(SMART_ALGORITHMS)}")
-    key_file = _required(cfg, "private_key_file", prefix)
     key_id = _required(cfg, "key_id", prefix)
-    private_key = load_private_key(key_file, key=f"{prefix}.private_key_file")
+    key_file, key_var = _file_or_env(cfg, "private_key", prefix)
+    if key_file:
+        private_key = load_private_key(_path(key_file, folder), key=f"{prefix}.private_key_file")
+    else:
+        assert key_var is not None
+        pem = _env(key_var, f"{prefix}.private_key_env")
+        private_key = parse_private_key(
+            pem.encode(), key=f"{prefix}.private_key_env", where=f"${key_var}"
+        )
     _check_key_matches(private_key, algorithm, prefix)
     return SmartBackendAuth(
         client_id=client_id,

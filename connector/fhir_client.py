@@ -580,7 +580,9 @@ class FhirClient:
         if ca_file:
             self.session.verify = ca_file
         # passed on every request: requests lets REQUESTS_CA_BUNDLE override session.verify
-        self._verify: bool | str = ca_file or True
+        self._verify: bool | str = ca_file or (
+            self.session.verify if self.session.verify is not None else True
+        )
 
     # -- lifecycle
 
