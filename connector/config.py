@@ -9,7 +9,9 @@ environment variables that hold them.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +94,10 @@ def _fail(path: Path, key: str, message: str) -> ConfigError:
 
 def check_url_scheme(url: str, *, where: str = "ehr.base_url") -> str:
     """Refuse plain http:// anywhere but loopback (PHI must not cross a network in clear)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"{where}: not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}: must be an http(s) URL with a host")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
@@ -155,6 +160,10 @@ def load_config(path: Path | None = None, *, environ: dict[str, str] | None = No
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
     return parse_config(data, path=path, environ=env)
 
 
@@ -203,11 +212,13 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: dict[str, str]) -
             "ca_file": "",
         },
     )
-    base_url = environ.get("PEERSYNC_EHR_URL") or ehr.get("base_url")
+    from_env = environ.get("PEERSYNC_EHR_URL")
+    base_url = from_env or ehr.get("base_url")
     if not base_url:
         raise _fail(path, "ehr.base_url", "missing (or set PEERSYNC_EHR_URL)")
     try:
-        ehr["base_url"] = check_url_scheme(base_url)
+        where = "ehr.base_url (from PEERSYNC_EHR_URL)" if from_env else "ehr.base_url"
+        ehr["base_url"] = check_url_scheme(base_url, where=where)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     if ehr["mode"] not in MODES:
@@ -243,6 +254,13 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: dict[str, str]) -
         {},
     )
     sync_cfg = SyncConfig(**{k: (float(v) if k != "max_attempts" else v) for k, v in sync.items()})
+    for key in ("lease_s", "renew_every_s"):
+        if not 0 < getattr(sync_cfg, key) < math.inf:  # TOML allows inf and nan
+            raise _fail(path, f"sync.{key}", "must be a number of seconds above 0")
+    if not 0 <= sync_cfg.max_wait_s < math.inf:
+        raise _fail(path, "sync.max_wait_s", "must be a number of seconds, 0 or more")
+    if sync_cfg.max_attempts < 1:
+        raise _fail(path, "sync.max_attempts", "must be at least 1")
     if sync_cfg.renew_every_s >= sync_cfg.lease_s:
         raise _fail(path, "sync.renew_every_s", "must be shorter than sync.lease_s")
     database_url = environ.get("PEERSYNC_DATABASE_URL") or top["database_url"]
@@ -262,8 +280,6 @@ def _rel(config_path: Path, value: str) -> Path:
 
 
 def _valid_source(value: str) -> bool:
-    import re
-
     return bool(re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value))
 
 
@@ -273,10 +289,11 @@ def valid_source(value: str) -> bool:
 
 def _absolute_sqlite(url: str, folder: Path) -> str:
     """A relative SQLite path in the config is relative to the config's folder."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite://":
-        rest = url[len(prefix) :]
-        if rest and rest != ":memory:":
+    # "sqlite+pysqlite:///x.db" is the same file as "sqlite:///x.db".
+    match = re.fullmatch(r"(sqlite(?:\+\w+)?:///)(.*)", url, flags=re.DOTALL)
+    if match:
+        prefix, rest = match.groups()
+        if rest and not rest.startswith("/") and rest != ":memory:":
             return prefix + str((folder / rest).resolve())
     return url
 
@@ -285,12 +302,12 @@ CONFIG_TEMPLATE = """\
 # PeerSync deployment config (written by `peersync init`).
 # PEERSYNC_EHR_URL and PEERSYNC_DATABASE_URL override the values below.
 
-profile = "{profile}"               # agency profile: "default" or a path to a TOML file
-database_url = "{database_url}"     # SQLite file (relative to this folder) or postgresql+psycopg://...
-default_source = "{default_source}" # source name for `peersync import` without --source
+profile = {profile}               # agency profile: "default" or a path to a TOML file
+database_url = {database_url}     # SQLite file (relative to this folder) or postgresql+psycopg://...
+default_source = {default_source} # source name for `peersync import` without --source
 
 [ehr]
-base_url = "{base_url}"
+base_url = {base_url}
 mode = "transaction"            # transaction | batch | single
 conditional = true              # the server supports conditional create/update
 max_bundle_entries = 50         # some servers refuse larger bundles
@@ -323,16 +340,27 @@ def write_config(
     path = folder / CONFIG_NAME
     if path.exists() and not overwrite:
         raise ConfigError(f"{path}: already exists (use --force to replace it)")
-    check_url_scheme(base_url)
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        CONFIG_TEMPLATE.format(
-            profile=profile,
-            database_url=database_url,
-            default_source=default_source,
-            base_url=base_url.rstrip("/"),
-        ),
-        encoding="utf-8",
+    text = CONFIG_TEMPLATE.format(
+        profile=_toml_string(profile),
+        database_url=_toml_string(database_url),
+        default_source=_toml_string(default_source),
+        base_url=_toml_string(base_url.rstrip("/")),
     )
-    parse_config(tomllib.loads(path.read_text(encoding="utf-8")), path=path, environ={})
+    # Checked before anything is written: a refused value leaves no file behind.
+    parse_config(tomllib.loads(text), path=path, environ={})
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+def _toml_string(value: str) -> str:
+    """``value`` as a TOML basic string (quotes, backslashes, control characters escaped)."""
+    escaped = []
+    for char in value:
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif char < " " or char == "\x7f":
+            escaped.append(f"\\u{ord(char):04x}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'

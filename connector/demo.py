@@ -16,6 +16,7 @@ import click
 
 from connector.config import CONFIG_NAME, load_config, write_config
 from connector.ehr_sandbox import SekmetServer
+from connector.fhir_client import FhirClient
 from connector.intake import Accepted, iter_records
 from connector.store import Store
 from mappings.profile import Profile, load_profile
@@ -35,7 +36,7 @@ def sample_paths() -> list[Path]:
     return [SAMPLES / name for name in SAMPLE_FILES]
 
 
-def seed_patients(client: object, profile: Profile, files: list[Path]) -> int:
+def seed_patients(client: FhirClient, profile: Profile, files: list[Path]) -> int:
     """Create (once, by MRN) a Patient for each sample participant that has an MRN."""
     from mappings.resources import mrn_identifier, search_token
 
@@ -64,13 +65,12 @@ def seed_patients(client: object, profile: Profile, files: list[Path]) -> int:
                 patient["name"] = [name]
             if participant.birth_date:
                 patient["birthDate"] = participant.birth_date.isoformat()
-            client.create(patient, if_none_exist=f"identifier={search_token(system, value)}")  # type: ignore[attr-defined]
+            client.create(patient, if_none_exist={"identifier": search_token(system, value)})
             created += 1
     return created
 
 
 def run_demo(folder: Path, *, ehr_port: int, web_port: int, serve: bool) -> None:
-    from connector.fhir_client import FhirClient
     from connector.sync import SyncEngine
 
     folder.mkdir(parents=True, exist_ok=True)

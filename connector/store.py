@@ -60,6 +60,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _utc(value: datetime) -> datetime:
+    """A time to write or compare, in UTC (naive: taken as UTC already).
+
+    SQLite keeps a datetime's wall-clock digits and drops its offset, so a
+    time in any other zone would be compared hours off.
+    """
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
 def _aware(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything we write is UTC."""
     if value is None or value.tzinfo is not None:
@@ -118,7 +129,10 @@ def _engine_for(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writes (Store.begin) take the write lock up front; reads stay deferred
+            # so they never wait behind a writer (WAL lets them read meanwhile).
+            write = conn.get_execution_options().get("peersync_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -166,9 +180,12 @@ class Store:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
+        """A write transaction (on SQLite it holds the write lock from its first statement)."""
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                conn.execution_options(peersync_write=True)
+                with conn.begin():
+                    yield conn
         except IntegrityError:
             raise
         except OperationalError as exc:
@@ -479,11 +496,19 @@ class Store:
         actor: str,
         why: str,
         now: datetime,
+        reset_attempts: bool = False,
     ) -> int:
+        values: dict[str, Any] = {
+            "state": JobState.PENDING.value,
+            "updated_at": now,
+            "reason": None,
+        }
+        if reset_attempts:
+            values.update(attempts=0, next_attempt_at=None)
         released = conn.execute(
             update(jobs)
             .where(jobs.c.state == state.value, where)
-            .values(state=JobState.PENDING.value, updated_at=now, reason=None)
+            .values(**values)
             .returning(jobs.c.id, jobs.c.source, jobs.c.record_id, jobs.c.record_version_id)
         ).all()
         for row in released:
@@ -523,7 +548,7 @@ class Store:
         A job is never due while an earlier version of the same record is
         unfinished.
         """
-        now = now or utcnow()
+        now = _utc(now) if now else utcnow()
         due = or_(
             jobs.c.state == JobState.PENDING.value,
             and_(
@@ -625,6 +650,7 @@ class Store:
     ) -> None:
         """Move a claimed job to ``state`` (in the caller's transaction) and audit it."""
         now = utcnow()
+        next_attempt_at = _utc(next_attempt_at) if next_attempt_at else None
         values: dict[str, Any] = {
             "state": state.value,
             "updated_at": now,
@@ -669,6 +695,9 @@ class Store:
                 actor=actor,
                 why="retry requested",
                 now=now,
+                # The admin fixed the cause: a full set of retries again, or
+                # the first transient error would send it straight back.
+                reset_attempts=True,
             )
 
     def counts_by_state(self) -> dict[str, int]:
@@ -681,7 +710,7 @@ class Store:
         return counts
 
     def count_due(self, *, now: datetime | None = None) -> int:
-        now = now or utcnow()
+        now = _utc(now) if now else utcnow()
         with self.engine.connect() as conn:
             return int(
                 conn.execute(

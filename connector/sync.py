@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from connector.config import Config
 from connector.errors import (
     ConnectorError,
@@ -53,6 +55,10 @@ from mappings.profile import Profile
 
 log = logging.getLogger("peersync.sync")
 
+# Provenance has no identifier of its own: the ledger keys ours by record version and time.
+PROVENANCE_SYSTEM = "urn:peersync:provenance"
+# Staged modes send these resource types in this order, each stage with literal references.
+STAGES = ("Encounter", "DocumentReference", "Provenance")
 NAMESPACE = uuid.UUID("4f7d0c9e-2b1a-4a47-9a55-6a1f0f5b3c21")
 
 
@@ -76,6 +82,7 @@ class Write:
     system: str = ""  # the identifier the ledger keys it by ("" for Provenance)
     value: str = ""
     ehr_id: str | None = None  # known from the ledger: update by id
+    done: bool = False  # staged modes: already in the EHR (ledger-confirmed)
 
     @property
     def token(self) -> str:
@@ -100,6 +107,8 @@ class Plan:
     writes: list[Write]
     # the write whose presence in the EHR proves this plan was applied
     proof: Write | None = None
+    # staged modes: urn:uuid of a write -> its literal reference once written
+    ids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -205,6 +214,13 @@ class SyncEngine:
                 except ConnectorError as exc:
                     self._fail(job, exc, summary)
                     continue
+                except ValidationError as exc:
+                    # The record passed intake but FHIR refuses a value (e.g. a control
+                    # character in a name): name the elements, never the values.
+                    where = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+                    self._finish(job, JobState.NEEDS_ATTENTION, summary,
+                                 reason=f"cannot be mapped to FHIR R4: {', '.join(where)[:150]}")
+                    continue
                 if isinstance(outcome, Wait):
                     self._finish(
                         job,
@@ -248,7 +264,11 @@ class SyncEngine:
             consent = self.store.consent_status(record.source, record.participant.id)
             if consent != "active":
                 return Wait(JobState.WAITING_CONSENT, f"part2-consent-{consent or 'none'}")
-        if job.claimed_from in (JobState.UNKNOWN.value, JobState.IN_FLIGHT.value):
+        if self._already_applied(job, record):
+            # A re-send of a version the EHR already holds: no write, no second Provenance.
+            return Wait(JobState.SYNCED, "already-in-ehr")
+        in_doubt = job.claimed_from in (JobState.UNKNOWN.value, JobState.IN_FLIGHT.value)
+        if in_doubt and self.ehr.mode == "transaction":
             settled = self._settle(job, record)
             if settled is not None:
                 return settled
@@ -262,6 +282,12 @@ class SyncEngine:
         practitioner = self._resolve_practitioner(record)
         if isinstance(practitioner, Wait):
             return practitioner
+        ehr_encounter = None
+        if not self.ehr.create_encounters:
+            found = self._ehr_encounter(job, record, patient)
+            if isinstance(found, Wait):
+                return found
+            ehr_encounter = found
         org_ref, device_ref = self._agency_refs()
         refs = Refs(
             patient=patient, practitioner=practitioner, organization=org_ref, device=device_ref
@@ -273,9 +299,65 @@ class SyncEngine:
             profile=self.profile,
             note_format=self.ehr.note_content_type,
             ledger=self.store,
-            recorded=self.clock(),
+            recorded=self._recorded(job),
+            ledger_key=str(job.record_version_id),
+            ehr_encounter=ehr_encounter,
         )
-        return Plan(job=job, record=record, writes=writes, proof=proof)
+        if not writes:
+            return Wait(JobState.SYNCED, "nothing-to-send-ehr-owns-the-encounter")
+        plan = Plan(job=job, record=record, writes=writes, proof=proof)
+        if self.ehr.mode != "transaction":
+            self._skip_done(plan)
+        return plan
+
+    def _already_applied(self, job: Job, record: EncounterRecord) -> bool:
+        """The ledger holds this record version's Provenance: every write of it went through."""
+        prefix = f"{job.record_version_id}@"
+        return any(
+            e.identifier_value.startswith(prefix) and e.state == "confirmed"
+            for e in self.store.ledger_for_record(record.source, record.id, "Provenance")
+        )
+
+    def _recorded(self, job: Job) -> datetime:
+        """The Provenance time of this job: reused after a lost response, so it can be found."""
+        prefix = f"{job.record_version_id}@"
+        for entry in self.store.ledger_for_record(job.source, job.record_id, "Provenance"):
+            if entry.identifier_value.startswith(prefix):
+                try:
+                    return datetime.fromisoformat(entry.identifier_value[len(prefix):])
+                except ValueError:
+                    break
+        return self.clock()
+
+    def _ehr_encounter(self, job: Job, record: EncounterRecord, patient_ref: str) -> Wait | str:
+        """The EHR's own Encounter for this session (for EHRs that cannot create Encounters).
+
+        The one Encounter of the patient whose period overlaps the session; the
+        match is kept in the ledger so later versions use the same one.
+        """
+        from mappings.resources import encounter_identifier
+
+        system, value = encounter_identifier(record, self.profile)
+        known = self.store.ledger_latest("Encounter", system, value)
+        if known is not None and known.ehr_id:
+            return f"Encounter/{known.ehr_id}"
+        day_before = (record.start - timedelta(days=1)).date().isoformat()
+        candidates = self.client.search(
+            "Encounter", {"subject": patient_ref, "date": f"ge{day_before}"}
+        )
+        matches = [enc for enc in candidates if _overlaps(enc.get("period") or {}, record)]
+        if len(matches) != 1:
+            reason = ("no-ehr-encounter-in-session-window" if not matches
+                      else f"{len(matches)}-ehr-encounters-in-session-window")
+            return Wait(JobState.WAITING_ENCOUNTER, reason)
+        with self.store.begin() as conn:
+            self.store.ledger_add(
+                conn, resource_type="Encounter", system=system, value=value,
+                ehr_id=matches[0]["id"],
+                ehr_version=(matches[0].get("meta") or {}).get("versionId"),
+                action="match", job=job,
+            )
+        return f"Encounter/{matches[0]['id']}"
 
     def _resolve_patient(self, record: EncounterRecord) -> Wait | str:
         from mappings.resources import map_patient, mrn_identifier, search_token
@@ -301,7 +383,7 @@ class SyncEngine:
         elif self.profile.create_patients:
             written = self.client.create(
                 map_patient(record, self.profile).model_dump(mode="json"),
-                if_none_exist=f"identifier={search_token(system, value)}",
+                if_none_exist={"identifier": search_token(system, value)},
             )
             result = f"Patient/{written.id}"
         else:
@@ -315,7 +397,7 @@ class SyncEngine:
         system, value = participant_identifier(record, self.profile)
         written = self.client.create(
             map_patient(record, self.profile).model_dump(mode="json"),
-            if_none_exist=f"identifier={search_token(system, value)}",
+            if_none_exist={"identifier": search_token(system, value)},
         )
         self.store.set_link(
             "patient", f"{record.source}|{record.participant.id}", written.id, linked_by="create"
@@ -355,7 +437,7 @@ class SyncEngine:
             else:
                 written = self.client.create(
                     map_practitioner(specialist, self.profile).model_dump(mode="json"),
-                    if_none_exist=f"identifier={token}",
+                    if_none_exist={"identifier": token},
                 )
                 self.store.set_link("practitioner", staff_id, written.id, linked_by="create")
                 result = f"Practitioner/{written.id}"
@@ -387,11 +469,12 @@ class SyncEngine:
     # -- sending ----------------------------------------------------------
 
     def _send(self, plans: list[Plan], summary: SyncSummary) -> None:
-        if self.ehr.mode != "transaction":
-            raise ConnectorError(
-                f"ehr.mode = {self.ehr.mode!r} is not supported by this version; "
-                'use mode = "transaction"'
-            )
+        if self.ehr.mode == "transaction":
+            self._send_transaction(plans, summary)
+        else:
+            self._send_staged(plans, summary)
+
+    def _send_transaction(self, plans: list[Plan], summary: SyncSummary) -> None:
         bundle = bundle_for(
             [w for plan in plans for w in plan.writes], conditional=self.ehr.conditional
         )
@@ -404,11 +487,10 @@ class SyncEngine:
                 # All or nothing: find the bad record by sending each alone.
                 log.info(
                     "transaction of %d records refused (%s); re-sending one by one",
-                    len(plans),
-                    exc.status,
+                    len(plans), exc.status,
                 )
                 for plan in plans:
-                    self._send([plan], summary)
+                    self._send_transaction([plan], summary)
                 return
             self._fail(plans[0].job, exc, summary)
             return
@@ -421,8 +503,7 @@ class SyncEngine:
         if len(results) != len(writes):
             error = EhrOutcomeUnknown(
                 f"transaction response has {len(results)} entries for {len(writes)} sent",
-                method="POST",
-                url=self.client.base_url,
+                method="POST", url=self.client.base_url,
             )
             for plan in plans:
                 self._fail(plan.job, error, summary)
@@ -431,33 +512,172 @@ class SyncEngine:
         with self.store.begin() as conn:
             for plan in plans:
                 for write in plan.writes:
-                    if write.resource_type == "Provenance":
-                        continue
                     result = by_write[id(write)]
-                    self.store.ledger_add(
-                        conn,
-                        resource_type=write.resource_type,
-                        system=write.system,
-                        value=write.value,
-                        ehr_id=result.id or write.ehr_id,
-                        ehr_version=result.version_id,
-                        action=write.action,
-                        job=plan.job,
-                    )
+                    self._confirm(conn, plan, write, result.id, result.version_id)
                 self.store.finish(
-                    conn,
-                    plan.job,
-                    JobState.SYNCED,
-                    actor=self.worker,
-                    detail={
-                        "mode": "transaction",
-                        "entries": len(plan.writes),
-                        "resources": [
-                            f"{w.resource_type}/{by_write[id(w)].id}" for w in plan.writes
-                        ],
-                    },
+                    conn, plan.job, JobState.SYNCED, actor=self.worker,
+                    detail={"mode": "transaction", "resources": [
+                        f"{w.resource_type}/{by_write[id(w)].id}" for w in plan.writes]},
                 )
                 summary.add(JobState.SYNCED)
+
+    def _confirm(self, conn: Any, plan: Plan, write: Write, ehr_id: str | None,
+                 version: str | None, *, state: str = "confirmed") -> None:
+        self.store.ledger_add(
+            conn, resource_type=write.resource_type, system=write.system, value=write.value,
+            ehr_id=ehr_id or write.ehr_id, ehr_version=version, action=write.action,
+            job=plan.job, state=state,
+        )
+
+    # -- batch and single modes: stage by stage, literal references only ----
+
+    def _send_staged(self, plans: list[Plan], summary: SyncSummary) -> None:
+        """Encounters first, then notes (pointing at the Encounters' real ids), then Provenance.
+
+        Batch entries cannot reference each other, and single requests even
+        less, so each stage waits for the ids the previous one produced. Every
+        write is recorded in the ledger as intended before it is sent and as
+        confirmed after, so a lost answer is settled by a look-up, not a re-send.
+        """
+        alive = {plan.job.id: plan for plan in plans}
+        for stage in STAGES:
+            items = [(plan, w) for plan in alive.values() for w in plan.writes
+                     if w.resource_type == stage and not w.done]
+            if not items:
+                continue
+            for plan, write in items:
+                _literalize(write.resource, plan.ids)
+            priors = [self.store.ledger_latest(w.resource_type, w.system, w.value)
+                      for _, w in items]
+            with self.store.begin() as conn:
+                for (plan, write), prior in zip(items, priors, strict=True):
+                    self._confirm(conn, plan, write, write.ehr_id,
+                                  prior.ehr_version if prior else None, state="sent")
+            if self.ehr.mode == "batch":
+                outcomes = self._send_batch(items, summary)
+            else:
+                outcomes = [self._send_one(write, summary) for _, write in items]
+            failed: dict[int, ConnectorError] = {}
+            with self.store.begin() as conn:
+                for (plan, write), outcome in zip(items, outcomes, strict=True):
+                    if isinstance(outcome, ConnectorError):
+                        failed.setdefault(plan.job.id, outcome)
+                        continue
+                    ehr_id, version = outcome
+                    self._confirm(conn, plan, write, ehr_id, version)
+                    write.ehr_id = write.ehr_id or ehr_id
+                    write.done = True
+                    plan.ids[write.full_url] = f"{write.resource_type}/{write.ehr_id}"
+            for job_id, error in failed.items():
+                self._fail(alive.pop(job_id).job, error, summary)
+        for plan in alive.values():
+            with self.store.begin() as conn:
+                self.store.finish(
+                    conn, plan.job, JobState.SYNCED, actor=self.worker,
+                    detail={"mode": self.ehr.mode, "resources": [
+                        f"{w.resource_type}/{w.ehr_id}" for w in plan.writes]},
+                )
+            summary.add(JobState.SYNCED)
+
+    def _send_one(self, write: Write, summary: SyncSummary
+                  ) -> tuple[str | None, str | None] | ConnectorError:
+        summary.requests += 1
+        try:
+            if write.resource_type == "Provenance":
+                result = self.client.create(write.resource)
+            elif write.ehr_id:
+                write.resource["id"] = write.ehr_id
+                result = self.client.update(write.resource, resource_id=write.ehr_id)
+            elif self.ehr.conditional:
+                result = self.client.update(write.resource,
+                                            conditional=f"identifier={write.token}")
+            else:
+                result = self.client.create(write.resource)
+        except ConnectorError as exc:
+            return exc
+        return result.id, result.version_id
+
+    def _send_batch(self, items: list[tuple[Plan, Write]], summary: SyncSummary
+                    ) -> list[tuple[str | None, str | None] | ConnectorError]:
+        outcomes: list[tuple[str | None, str | None] | ConnectorError] = []
+        size = self.ehr.max_bundle_entries
+        for start in range(0, len(items), size):
+            chunk = [write for _, write in items[start:start + size]]
+            for write in chunk:
+                if write.ehr_id:
+                    write.resource["id"] = write.ehr_id
+            summary.bundles += 1
+            summary.requests += 1
+            try:
+                response = self.client.batch(
+                    bundle_for(chunk, conditional=self.ehr.conditional, kind="batch"))
+                results = entry_results(response)
+                if len(results) != len(chunk):
+                    raise EhrOutcomeUnknown(
+                        f"batch response has {len(results)} entries for {len(chunk)} sent",
+                        method="POST", url=self.client.base_url)
+            except ConnectorError as exc:
+                outcomes.extend(exc for _ in chunk)
+                continue
+            for write, result in zip(chunk, results, strict=True):
+                if result.ok:
+                    outcomes.append((result.id, result.version_id))
+                else:
+                    outcomes.append(entry_error(result, write, self.client.base_url))
+        return outcomes
+
+    def _skip_done(self, plan: Plan) -> None:
+        """Resume a staged plan: skip what the ledger confirms, settle what is in doubt."""
+        from mappings.resources import search_token
+
+        rvid = plan.job.record_version_id
+        for write in plan.writes:
+            if write.resource_type == "Provenance":
+                entry = next((e for e in self.store.ledger_for_record(
+                    plan.record.source, plan.record.id, "Provenance")
+                    if e.identifier_value == write.value), None)
+                if entry is not None and entry.state == "sent":
+                    self._settle_provenance(plan, write)
+                continue
+            entry = self.store.ledger_latest(write.resource_type, write.system, write.value)
+            if entry is None or entry.record_version_id != rvid or entry.action == "match":
+                continue  # not written by this version yet
+            if entry.state == "confirmed":
+                write.done, write.ehr_id = True, entry.ehr_id
+            elif write.ehr_id:  # an update in doubt: applied if the version moved on
+                current = self.client.read(write.resource_type, write.ehr_id)
+                version = (current.get("meta") or {}).get("versionId")
+                if _int(version) > _int(entry.ehr_version):
+                    self._settle_write(plan, write, write.ehr_id, version)
+            else:  # a create in doubt: look for it by identifier before sending again
+                found = self.client.search(write.resource_type,
+                                           {"identifier": search_token(write.system, write.value)})
+                if len(found) == 1:
+                    self._settle_write(plan, write, found[0]["id"],
+                                       (found[0].get("meta") or {}).get("versionId"))
+            if write.done:
+                plan.ids[write.full_url] = f"{write.resource_type}/{write.ehr_id}"
+
+    def _settle_write(self, plan: Plan, write: Write, ehr_id: str, version: str | None) -> None:
+        with self.store.begin() as conn:
+            self._confirm(conn, plan, write, ehr_id, version)
+        write.done, write.ehr_id = True, ehr_id
+
+    def _settle_provenance(self, plan: Plan, write: Write) -> None:
+        """Provenance has no identifier: find ours by target and recorded time."""
+        target = next((t["reference"] for t in write.resource.get("target", [])
+                       if not t["reference"].startswith("urn:")), None)
+        for w in plan.writes:
+            if target is None and w.done and w.ehr_id and w.resource_type != "Provenance":
+                target = f"{w.resource_type}/{w.ehr_id}"
+        if target is None:
+            return
+        recorded = write.resource.get("recorded")
+        for found in self.client.search("Provenance", {"target": target}):
+            if _same_instant(found.get("recorded"), recorded):
+                self._settle_write(plan, write, found["id"],
+                                   (found.get("meta") or {}).get("versionId"))
+                return
 
     def _settle(self, job: Job, record: EncounterRecord) -> Wait | None:
         """A write may have been applied without us hearing back: look before re-sending.
@@ -518,6 +738,12 @@ class SyncEngine:
                         action="match",
                         job=job,
                     )
+            # The Provenance travelled in the same (all-or-nothing) transaction.
+            self.store.ledger_add(
+                conn, resource_type="Provenance", system=PROVENANCE_SYSTEM,
+                value=f"{job.record_version_id}@settled", ehr_id=None, ehr_version=None,
+                action="provenance", job=job,
+            )
         return Wait(JobState.SYNCED, "settled-by-lookup")
 
     # -- outcomes ---------------------------------------------------------
@@ -623,7 +849,9 @@ def plan_record(
     note_format: str,
     ledger: LedgerView,
     recorded: datetime,
-) -> tuple[list[Write], Write]:
+    ledger_key: str = "",
+    ehr_encounter: str | None = None,
+) -> tuple[list[Write], Write | None]:
     """The writes that bring the EHR up to this record version (pure, given the ledger).
 
     Encounter (create, update, or retract); the note version's
@@ -641,26 +869,32 @@ def plan_record(
     )
 
     retracting = record.status == "entered_in_error"
-    enc_system, enc_value = encounter_identifier(record, profile)
-    enc_ledger = ledger.ledger_latest("Encounter", enc_system, enc_value)
-    enc_write = Write(
-        "Encounter",
-        map_encounter(
-            record,
-            profile,
-            patient_ref=refs.patient,
-            practitioner_ref=refs.practitioner,
-            organization_ref=refs.organization,
-        ).model_dump(mode="json"),
-        _urn("Encounter", enc_system, enc_value, key),
-        "retract" if retracting else ("update" if enc_ledger else "create"),
-        enc_system,
-        enc_value,
-        ehr_id=enc_ledger.ehr_id if enc_ledger else None,
-    )
-    writes = [enc_write]
-    proof = enc_write
-    enc_ref = f"Encounter/{enc_write.ehr_id}" if enc_write.ehr_id else enc_write.full_url
+    writes: list[Write] = []
+    proof: Write | None = None
+    enc_write: Write | None = None
+    if ehr_encounter is not None:
+        enc_ref = ehr_encounter  # the EHR's own Encounter: never written by us
+    else:
+        enc_system, enc_value = encounter_identifier(record, profile)
+        enc_ledger = ledger.ledger_latest("Encounter", enc_system, enc_value)
+        enc_write = Write(
+            "Encounter",
+            map_encounter(
+                record,
+                profile,
+                patient_ref=refs.patient,
+                practitioner_ref=refs.practitioner,
+                organization_ref=refs.organization,
+            ).model_dump(mode="json"),
+            _urn("Encounter", enc_system, enc_value, key),
+            "retract" if retracting else ("update" if enc_ledger else "create"),
+            enc_system,
+            enc_value,
+            ehr_id=enc_ledger.ehr_id if enc_ledger else None,
+        )
+        writes.append(enc_write)
+        proof = enc_write
+        enc_ref = f"Encounter/{enc_write.ehr_id}" if enc_write.ehr_id else enc_write.full_url
     sent_notes = [
         entry
         for entry in ledger.ledger_for_record(record.source, record.id, "DocumentReference")
@@ -692,7 +926,12 @@ def plan_record(
             ehr_id=entry.ehr_id,
         )
 
-    standing = [e for e in sent_notes if e.action not in ("supersede", "retract") and e.ehr_id]
+    # Standing: sent and not (for sure) superseded or retracted. An unconfirmed
+    # supersede/retract is planned again; the staged sender settles it by look-up.
+    standing = [
+        e for e in sent_notes
+        if e.ehr_id and not (e.action in ("supersede", "retract") and e.state == "confirmed")
+    ]
     if retracting:
         # Retract every note version still standing; never create a new note.
         writes.extend(rewrite(entry, "entered-in-error", "retract") for entry in standing)
@@ -724,10 +963,13 @@ def plan_record(
             ehr_id=same.ehr_id if same else None,
         )
         writes.append(doc_write)
-        if not same:
+        if not same or proof is None:
             proof = doc_write
         writes.extend(rewrite(entry, "superseded", "supersede") for entry in replaced)
+    if not writes:
+        return [], None  # e.g. no note, and the EHR owns the Encounter
     targets = [f"{w.resource_type}/{w.ehr_id}" if w.ehr_id else w.full_url for w in writes]
+    first = writes[0]
     provenance = map_provenance(
         targets=targets,
         recorded=recorded,
@@ -735,11 +977,12 @@ def plan_record(
         device_ref=refs.device,
         organization_ref=refs.organization,
         part2=record.part2,
-        activity="NULLIFY"
-        if retracting
-        else ("CREATE" if enc_write.action == "create" else "UPDATE"),
+        activity="NULLIFY" if retracting else ("CREATE" if first.action == "create" else "UPDATE"),
     ).model_dump(mode="json")
-    writes.append(Write("Provenance", provenance, _urn("Provenance", key), "provenance"))
+    writes.append(
+        Write("Provenance", provenance, _urn("Provenance", key), "provenance",
+              PROVENANCE_SYSTEM, f"{ledger_key}@{recorded.isoformat()}")
+    )
     return writes, proof
 
 
@@ -789,7 +1032,7 @@ def ensure_agency(store: Store, client: FhirClient, profile: Profile) -> tuple[s
                     else map_device(profile, organization_ref=org_ref)
                 )
                 linked = client.create(
-                    model.model_dump(mode="json"), if_none_exist=f"identifier={token}"
+                    model.model_dump(mode="json"), if_none_exist={"identifier": token}
                 ).id
                 how = "create"
             store.set_link(kind, key, linked, linked_by=how)
@@ -798,6 +1041,77 @@ def ensure_agency(store: Store, client: FhirClient, profile: Profile) -> tuple[s
             org_ref = ref
         refs.append(ref)
     return refs[0], refs[1]
+
+
+def _literalize(node: Any, ids: dict[str, str]) -> None:
+    """Replace references to urn:uuid fullUrls with the literal ids they were written as."""
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in ids:
+            node["reference"] = ids[ref]
+        for value in node.values():
+            _literalize(value, ids)
+    elif isinstance(node, list):
+        for item in node:
+            _literalize(item, ids)
+
+
+def entry_error(result: Any, write: Write, base_url: str) -> ConnectorError:
+    """A failed batch entry as the same exception a single request would have raised."""
+    from connector.errors import (
+        EhrAuthError,
+        EhrConflict,
+        EhrNotFound,
+        EhrTransient,
+    )
+
+    status = int(result.status or 0)
+    codes = result.outcome.codes if result.outcome else []
+    message = (f"EHR refused batch entry {write.request(conditional=False)['method']} "
+               f"{write.resource_type} ({status}"
+               + (f"; OperationOutcome codes: {', '.join(codes)}" if codes else "") + ")")
+    cls: type[EhrHttpError]
+    if status == 0:
+        return EhrOutcomeUnknown(f"batch entry for {write.resource_type} has no status",
+                                 method="POST", url=base_url)
+    if status == 429 or status >= 500:
+        cls = EhrTransient
+    elif status in (401, 403):
+        cls = EhrAuthError
+    elif status == 404:
+        cls = EhrNotFound
+    elif status in (409, 412):
+        cls = EhrConflict
+    else:
+        cls = EhrRejected
+    return cls(message, status=status, method="POST", url=base_url, outcome=result.outcome)
+
+
+def _overlaps(period: dict[str, Any], record: EncounterRecord) -> bool:
+    """Does an EHR Encounter's period overlap the session? (open ends count as open)"""
+    from connector.records import parse_datetime
+
+    try:
+        start = parse_datetime(period["start"]) if period.get("start") else None
+        end = parse_datetime(period["end"]) if period.get("end") else None
+    except ValueError:
+        return False
+    if start is None and end is None:
+        return False
+    if start is not None and start.tzinfo is None or end is not None and end.tzinfo is None:
+        return False  # a date without time zone cannot be placed on the session's clock
+    return (start is None or start <= record.end) and (end is None or end >= record.start)
+
+
+def _same_instant(a: str | None, b: str | None) -> bool:
+    from connector.records import parse_datetime
+
+    if not a or not b:
+        return False
+    try:
+        return parse_datetime(a) == parse_datetime(b)
+    except ValueError:
+        return False
 
 
 def _note_version_number(value: str) -> int:

@@ -389,7 +389,7 @@ def map_practitioner(specialist: Specialist, profile: Profile) -> Practitioner:
         "identifier": identifiers,
         "active": True,
     }
-    if specialist.has_name:
+    if specialist.given or specialist.family:
         data["name"] = [_human_name(specialist.given, specialist.family)]
     if specialist.credential:
         # No standard code system covers peer credentials (CPRS, CPSS, ...): text only.

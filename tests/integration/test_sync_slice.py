@@ -14,67 +14,19 @@ from typing import Any
 
 import pytest
 import requests
-from click.testing import CliRunner
 
-from connector.cli import main
-from connector.demo import seed_patients
-from connector.fhir_client import FhirClient
-from mappings.profile import default_profile_path, load_profile
+from tests.integration.conftest import (
+    DATA,
+    ENC_SYSTEM,
+    FIRST_IMPORT,
+    MRN_SYSTEM,
+    NOTE_SYSTEM,
+    SOURCE,
+    Env,
+)
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-SOURCE = "peer-tool"
-ENC_SYSTEM = f"https://riverside-peer.example/fhir/sid/peersync/{SOURCE}/encounter"
-NOTE_SYSTEM = f"https://riverside-peer.example/fhir/sid/peersync/{SOURCE}/note"
-MRN_SYSTEM = "urn:oid:2.16.840.1.113883.3.7418.1"
-FIRST_IMPORT = ["in-person-session.json", "batch.jsonl", "export.csv",
-                "part2-without-consent.json"]
-
-
-class Env:
-    """A PeerSync home wired to one sekmet server and one database."""
-
-    def __init__(self, home: Path, base_url: str, database_url: str,
-                 monkeypatch: pytest.MonkeyPatch) -> None:
-        self.home = home
-        self.base_url = base_url
-        self.runner = CliRunner()
-        monkeypatch.setenv("PEERSYNC_HOME", str(home))
-        monkeypatch.delenv("PEERSYNC_EHR_URL", raising=False)
-        monkeypatch.delenv("PEERSYNC_DATABASE_URL", raising=False)
-        self.run("init", "--ehr-url", base_url, "--database-url", database_url)
-
-    def run(self, *args: str, expect: int | None = 0) -> Any:
-        result = self.runner.invoke(main, list(args), catch_exceptions=False)
-        if expect is not None:
-            assert result.exit_code == expect, (args, result.output, result.stderr)
-        return result
-
-    def import_(self, *names: str) -> Any:
-        return self.run("import", "--source", SOURCE, *[str(DATA / n) for n in names])
-
-    def status(self) -> dict[str, int]:
-        counts: dict[str, int] = json.loads(self.run("status", "--json").stdout)
-        return counts
-
-    def search(self, resource_type: str, **params: str) -> list[dict[str, Any]]:
-        params.setdefault("_count", "200")
-        resp = requests.get(f"{self.base_url}/{resource_type}", params=params, timeout=10)
-        resp.raise_for_status()
-        return [e["resource"] for e in resp.json().get("entry", [])]
-
-    def all(self, resource_type: str) -> list[dict[str, Any]]:
-        return self.search(resource_type)
-
-
-@pytest.fixture
-def env(tmp_path: Path, sekmet: Any, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Env:
-    e = Env(tmp_path / "home", sekmet.base_url, database_url, monkeypatch)
-    profile = load_profile(default_profile_path())
-    with FhirClient(base_url=sekmet.base_url, timeout_s=10) as client:
-        seed_patients(client, profile, [DATA / n for n in FIRST_IMPORT + ["amendment.json"]])
-    return e
 
 
 def _records(*names: str) -> list[dict[str, Any]]:

@@ -180,8 +180,9 @@ def test_a_lost_response_is_unknown_and_settled_by_lookup_not_resent(engine: Syn
         assert not [c for c in rsps.calls if c.request.method == "POST"]
     assert _job(engine.store)["state"] == JobState.SYNCED
     ledger = engine.store.ledger_for_record("peer-tool", record.id)
+    # the Provenance travelled in the same transaction: recorded, its id unknown
     assert {(e.resource_type, e.ehr_id) for e in ledger} == {
-        ("DocumentReference", "doc-9"), ("Encounter", "enc-9")}
+        ("DocumentReference", "doc-9"), ("Encounter", "enc-9"), ("Provenance", None)}
 
 
 def test_a_lost_response_not_applied_is_sent_again(engine: SyncEngine) -> None:
@@ -201,3 +202,32 @@ def test_a_lost_response_not_applied_is_sent_again(engine: SyncEngine) -> None:
         _later(engine)
         engine.run(max_wait_s=0)
     assert _job(engine.store)["state"] == JobState.SYNCED
+
+
+def test_a_record_fhir_cannot_take_needs_attention_and_others_go_on(
+        engine: SyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fhir.resources.R4B.encounter import Encounter
+
+    import mappings.resources as res
+
+    real = res.map_encounter
+
+    def refuse_one(record, profile, **kw):  # type: ignore[no-untyped-def]
+        if record.source == "odd-tool":  # a value the FHIR model refuses
+            Encounter.model_validate({"resourceType": "Encounter", "status": ["Dana Lopez"]})
+        return real(record, profile, **kw)
+
+    monkeypatch.setattr(res, "map_encounter", refuse_one)
+    engine.store.add_records([load_example("in-person-session.json", source="odd-tool"),
+                              load_example("in-person-session.json")], actor="t")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        _mock_lookups(rsps)
+        rsps.post(BASE, json={"resourceType": "Bundle", "type": "transaction-response", "entry": [
+            {"response": {"status": "201 Created", "location": f"{t}/{t.lower()}-1/_history/1"}}
+            for t in ("Encounter", "DocumentReference", "Provenance")]})
+        engine.run(max_wait_s=0)
+    rows = {r["source"]: r for r in engine.store.jobs_overview()}
+    assert rows["peer-tool"]["state"] == JobState.SYNCED
+    odd = rows["odd-tool"]
+    assert odd["state"] == JobState.NEEDS_ATTENTION
+    assert odd["reason"] == "cannot be mapped to FHIR R4: class, status"  # paths, no values

@@ -1,0 +1,88 @@
+"""Integration fixtures: a PeerSync home wired to a real sekmet server and a real database."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from connector.cli import main
+from connector.demo import seed_patients
+from connector.fhir_client import FhirClient
+from mappings.profile import default_profile_path, load_profile
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+SOURCE = "peer-tool"
+ENC_SYSTEM = f"https://riverside-peer.example/fhir/sid/peersync/{SOURCE}/encounter"
+NOTE_SYSTEM = f"https://riverside-peer.example/fhir/sid/peersync/{SOURCE}/note"
+NOTE_VERSION_SYSTEM = f"https://riverside-peer.example/fhir/sid/peersync/{SOURCE}/note-version"
+MRN_SYSTEM = "urn:oid:2.16.840.1.113883.3.7418.1"
+FIRST_IMPORT = ["in-person-session.json", "batch.jsonl", "export.csv",
+                "part2-without-consent.json"]
+
+
+class Env:
+    """A PeerSync home wired to one sekmet server and one database."""
+
+    def __init__(self, home: Path, base_url: str, database_url: str,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+        self.home = home
+        self.base_url = base_url
+        self.runner = CliRunner()
+        monkeypatch.setenv("PEERSYNC_HOME", str(home))
+        monkeypatch.delenv("PEERSYNC_EHR_URL", raising=False)
+        monkeypatch.delenv("PEERSYNC_DATABASE_URL", raising=False)
+        self.run("init", "--ehr-url", base_url, "--database-url", database_url)
+
+    def run(self, *args: str, expect: int | None = 0) -> Any:
+        result = self.runner.invoke(main, list(args), catch_exceptions=False)
+        if expect is not None:
+            assert result.exit_code == expect, (args, result.output, result.stderr)
+        return result
+
+    def import_(self, *names: str) -> Any:
+        return self.run("import", "--source", SOURCE, *[str(DATA / n) for n in names])
+
+    def status(self) -> dict[str, int]:
+        counts: dict[str, int] = json.loads(self.run("status", "--json").stdout)
+        return counts
+
+    def search(self, resource_type: str, **params: str) -> list[dict[str, Any]]:
+        params.setdefault("_count", "200")
+        resp = requests.get(f"{self.base_url}/{resource_type}", params=params, timeout=10)
+        resp.raise_for_status()
+        return [e["resource"] for e in resp.json().get("entry", [])]
+
+    def all(self, resource_type: str) -> list[dict[str, Any]]:
+        return self.search(resource_type)
+
+    def configure(self, **ehr: Any) -> None:
+        """Set [ehr] keys in peersync.toml (as an operator would edit the file)."""
+        path = self.home / "peersync.toml"
+        text = path.read_text(encoding="utf-8")
+        for key, value in ehr.items():
+            rendered = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+            text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {rendered}", text, count=1)
+            assert n == 1, key
+        path.write_text(text, encoding="utf-8")
+
+    def store(self) -> Any:
+        from connector.config import load_config
+        from connector.store import Store
+
+        return Store.from_url(load_config(self.home / "peersync.toml").database_url)
+
+
+@pytest.fixture
+def env(tmp_path: Path, sekmet: Any, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """PeerSync initialised against a fresh sekmet that holds the sample patients."""
+    e = Env(tmp_path / "home", sekmet.base_url, database_url, monkeypatch)
+    profile = load_profile(default_profile_path())
+    with FhirClient(base_url=sekmet.base_url, timeout_s=10) as client:
+        seed_patients(client, profile, [DATA / n for n in FIRST_IMPORT + ["amendment.json"]])
+    return e
