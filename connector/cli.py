@@ -347,6 +347,133 @@ def sync(max_wait: float | None) -> None:
 
 
 @main.command()
+@click.option("--poll", default=2.0, show_default=True, type=float,
+              help="Seconds between looks at the queue when it is idle.")
+@click.option("--rescan", default=300.0, show_default=True, type=float,
+              help="Seconds between re-resolving waiting records against the EHR.")
+def worker(poll: float, rescan: float) -> None:
+    """Run continuously (several may run at once); SIGTERM or Ctrl-C stops it gracefully.
+
+    The batch in hand is finished first; a worker that dies instead leaves
+    leased jobs that another worker takes again when their lease expires.
+    """
+    import signal
+    import threading
+    import time
+
+    from connector.sync import SyncEngine
+
+    config = _config()
+    profile = _profile(config)
+    store = _store(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        click.echo(f"signal {signum}: finishing the batch in hand, then stopping", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    name = f"worker:{os.uname().nodename}:{os.getpid()}"
+    click.echo(f"{name}: syncing to {config.ehr.base_url} ({config.ehr.mode} mode)")
+    last_scan = float("-inf")
+    totals: dict[str, int] = {}
+    with _client(config) as client:
+        engine = SyncEngine(store=store, client=client, profile=profile, config=config,
+                            worker=name)
+        while not stop.is_set():
+            rescan_now = time.monotonic() - last_scan >= rescan
+            if rescan_now:
+                last_scan = time.monotonic()
+            try:
+                summary = engine.run(max_wait_s=0, stop=stop, include_waiting=rescan_now)
+            except ConnectorError as exc:
+                click.echo(f"{name}: {exc}; retrying in {poll:.0f} s", err=True)
+                stop.wait(poll)
+                continue
+            for state, n in summary.states.items():
+                totals[state] = totals.get(state, 0) + n
+            if not summary.claimed:
+                stop.wait(poll)
+    click.echo(f"{name}: stopped; " + (", ".join(f"{n} {s}" for s, n in sorted(totals.items()))
+                                       or "nothing processed"))
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--all-failed", is_flag=True, help="Re-queue every record that needs attention.")
+def retry(job_ids: tuple[int, ...], all_failed: bool) -> None:
+    """Re-queue records that need attention (by job id, as `peersync status` and the app show)."""
+    if bool(job_ids) == all_failed:
+        raise click.UsageError("give job ids or --all-failed (not both)")
+    store = _store(_config())
+    count = store.requeue(None if all_failed else list(job_ids), actor="cli:retry")
+    click.echo(f"{count} record(s) re-queued")
+    if job_ids and count < len(job_ids):
+        click.echo("some ids were not in needs_attention and were left as they are", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@main.group()
+def link() -> None:
+    """Link a participant or a specialist to the EHR's own Patient or Practitioner."""
+
+
+@link.command("patient")
+@click.argument("participant_id")
+@click.argument("patient_id")
+@click.option("--source", help="The participant's source (default: config default_source).")
+def link_patient(participant_id: str, patient_id: str, source: str | None) -> None:
+    """Link PARTICIPANT_ID (the peer tool's id) to the EHR's Patient/PATIENT_ID."""
+    config = _config()
+    source = source or config.default_source
+    _link(config, "patient", f"{source}|{participant_id}", "Patient", patient_id,
+          JobState.WAITING_PATIENT, source=source, participant_id=participant_id)
+
+
+@link.command("staff")
+@click.argument("specialist_id")
+@click.argument("practitioner_id")
+def link_staff(specialist_id: str, practitioner_id: str) -> None:
+    """Link SPECIALIST_ID (the agency's staff id) to the EHR's Practitioner/PRACTITIONER_ID."""
+    _link(_config(), "practitioner", specialist_id, "Practitioner", practitioner_id,
+          JobState.WAITING_STAFF, specialist_id=specialist_id)
+
+
+def _link(config: Config, kind: str, key: str, resource_type: str, ehr_id: str,
+          state: JobState, **who: str) -> None:
+    store = _store(config)
+    with _client(config) as client:
+        try:
+            client.read(resource_type, ehr_id)  # it must exist before anything points at it
+        except EhrError as exc:
+            raise click.ClickException(f"{resource_type}/{ehr_id}: {exc}") from None
+    store.set_link(kind, key, ehr_id, linked_by="cli:link")
+    released = store.release_waiting(state, actor="cli:link", why=f"{kind} linked", **who)
+    click.echo(f"linked to {resource_type}/{ehr_id}; {released} waiting record(s) released "
+               "(run `peersync sync`)")
+
+
+@main.command()
+@click.argument("participant_id")
+@click.argument("status", type=click.Choice(["active", "revoked"]))
+@click.option("--source", help="The participant's source (default: config default_source).")
+@click.option("--consent-id", help="The source's id of the consent document.")
+def consent(participant_id: str, status: str, source: str | None,
+            consent_id: str | None) -> None:
+    """Record a participant's 42 CFR Part 2 consent: active releases, revoked stops."""
+    config = _config()
+    source = source or config.default_source
+    released = _store(config).set_consent(source=source, participant_id=participant_id,
+                                          status=status, actor="cli:consent",
+                                          consent_id=consent_id)
+    if status == "active":
+        click.echo(f"consent active; {released} waiting record(s) released (run `peersync sync`)")
+    else:
+        click.echo("consent revoked; no further Part 2 records of this participant will be sent")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: state -> count.")
 def status(as_json: bool) -> None:
     """Count records by sync state."""

@@ -681,6 +681,28 @@ class Store:
             at=now,
         )
 
+    def release_waiting(
+        self,
+        state: JobState,
+        *,
+        actor: str,
+        why: str,
+        source: str | None = None,
+        participant_id: str | None = None,
+        specialist_id: str | None = None,
+    ) -> int:
+        """Put the records waiting in ``state`` for one participant or specialist back in line."""
+        versions = select(record_versions.c.id)
+        if source is not None:
+            versions = versions.where(record_versions.c.source == source)
+        if participant_id is not None:
+            versions = versions.where(record_versions.c.participant_id == participant_id)
+        if specialist_id is not None:
+            versions = versions.where(record_versions.c.specialist_id == specialist_id)
+        with self.begin() as conn:
+            return self._release(conn, state=state, where=jobs.c.record_version_id.in_(versions),
+                                 actor=actor, why=why, now=utcnow())
+
     def requeue(self, job_ids: Sequence[int] | None, *, actor: str) -> int:
         """Put failed jobs (needs_attention) back to pending after a fix."""
         now = utcnow()

@@ -158,8 +158,12 @@ class SyncEngine:
         max_wait_s: float | None = None,
         stop: threading.Event | None = None,
         on_progress: Callable[[SyncSummary], None] | None = None,
+        include_waiting: bool = True,
     ) -> SyncSummary:
-        """Work until nothing is due; wait for scheduled retries up to ``max_wait_s``."""
+        """Work until nothing is due; wait for scheduled retries up to ``max_wait_s``.
+
+        ``include_waiting``: also re-resolve the waiting records (once in this run).
+        """
         max_wait = self.config.sync.max_wait_s if max_wait_s is None else max_wait_s
         summary = SyncSummary()
         run_id = uuid.uuid4().hex
@@ -167,7 +171,7 @@ class SyncEngine:
         self._practitioners.clear()
         waited = 0.0
         while not (stop and stop.is_set()):
-            claimed = self.run_once(run_id, summary)
+            claimed = self.run_once(run_id, summary, include_waiting=include_waiting)
             if on_progress and claimed:
                 on_progress(summary)
             if claimed:
@@ -193,12 +197,13 @@ class SyncEngine:
         # Provenance, one retraction); bundles are packed by real entry count.
         return max(1, self.ehr.max_bundle_entries // 3)
 
-    def run_once(self, run_id: str, summary: SyncSummary) -> int:
+    def run_once(self, run_id: str, summary: SyncSummary, *, include_waiting: bool = True) -> int:
         jobs = self.store.claim(
             worker=self.worker,
             run_id=run_id,
             limit=self.records_per_bundle(),
             lease_s=self.config.sync.lease_s,
+            include_waiting=include_waiting,
             now=self.clock(),
         )
         if not jobs:
