@@ -13,6 +13,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class Config:
     default_source: str
     ehr: EhrConfig
     sync: SyncConfig = field(default_factory=SyncConfig)
+    audit_key_file: str | None = None  # [audit] key_file; None: peersync.key beside this file
 
     @property
     def folder(self) -> Path:
@@ -151,7 +153,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
-def load_config(path: Path | None = None, *, environ: dict[str, str] | None = None) -> Config:
+def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
     env = os.environ if environ is None else environ
     path = (path or home() / CONFIG_NAME).resolve()
     if not path.exists():
@@ -167,18 +169,26 @@ def load_config(path: Path | None = None, *, environ: dict[str, str] | None = No
     return parse_config(data, path=path, environ=env)
 
 
-def parse_config(data: dict[str, Any], *, path: Path, environ: dict[str, str]) -> Config:
+def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]) -> Config:
     top = _take(
         data,
         path,
         "",
-        {"profile": str, "database_url": str, "default_source": str, "ehr": dict, "sync": dict},
+        {
+            "profile": str,
+            "database_url": str,
+            "default_source": str,
+            "ehr": dict,
+            "sync": dict,
+            "audit": dict,
+        },
         {
             "profile": "default",
             "database_url": "sqlite:///peersync.db",
             "default_source": "peer-tool",
             "ehr": None,
             "sync": {},
+            "audit": {},
         },
     )
     if top["ehr"] is None:
@@ -253,7 +263,13 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: dict[str, str]) -
         },
         {},
     )
-    sync_cfg = SyncConfig(**{k: (float(v) if k != "max_attempts" else v) for k, v in sync.items()})
+    defaults = SyncConfig()
+    sync_cfg = SyncConfig(
+        lease_s=float(sync.get("lease_s", defaults.lease_s)),
+        renew_every_s=float(sync.get("renew_every_s", defaults.renew_every_s)),
+        max_wait_s=float(sync.get("max_wait_s", defaults.max_wait_s)),
+        max_attempts=int(sync.get("max_attempts", defaults.max_attempts)),
+    )
     for key in ("lease_s", "renew_every_s"):
         if not 0 < getattr(sync_cfg, key) < math.inf:  # TOML allows inf and nan
             raise _fail(path, f"sync.{key}", "must be a number of seconds above 0")
@@ -263,6 +279,9 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: dict[str, str]) -
         raise _fail(path, "sync.max_attempts", "must be at least 1")
     if sync_cfg.renew_every_s >= sync_cfg.lease_s:
         raise _fail(path, "sync.renew_every_s", "must be shorter than sync.lease_s")
+    audit = _take(top["audit"], path, "audit.", {"key_file": str}, {})
+    if "key_file" in audit and not audit["key_file"].strip():
+        raise _fail(path, "audit.key_file", "must name a file (or leave it out)")
     database_url = environ.get("PEERSYNC_DATABASE_URL") or top["database_url"]
     return Config(
         path=path,
@@ -271,6 +290,7 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: dict[str, str]) -
         default_source=source,
         ehr=EhrConfig(**ehr),
         sync=sync_cfg,
+        audit_key_file=audit.get("key_file"),
     )
 
 
@@ -325,6 +345,11 @@ lease_s = 30                    # a dead worker's jobs are taken again after the
 renew_every_s = 10
 max_wait_s = 120                # `peersync sync` waits at most this long for scheduled retries
 max_attempts = 8                # transient failures before a record needs attention
+
+# The audit log's HMAC key: PEERSYNC_AUDIT_KEY (hex or base64) if set, else this
+# file (mode 0600; `peersync init` writes peersync.key beside this file).
+# [audit]
+# key_file = "peersync.key"
 """
 
 
