@@ -54,6 +54,7 @@ def decide(
 
 
 def backoff(attempts: int, *, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform in [base, base * 2**(n-1)], capped."""
-    ceiling = min(MAX_DELAY_S, BASE_DELAY_S * (2 ** max(0, attempts - 1)))
+    """Exponential backoff with jitter: uniform in [base / 2, base * 2**(n-1)], capped."""
+    # The exponent is bounded first: 2.0 * 2**1100 does not fit in a float.
+    ceiling = min(MAX_DELAY_S, BASE_DELAY_S * (2 ** min(max(0, attempts - 1), 32)))
     return (rng or random).uniform(BASE_DELAY_S / 2, ceiling)
