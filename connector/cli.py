@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from connector.accounts_cli import token_group, user_group
+from connector.actions import make_client
+from connector.audit import KEY_ENV, audit_group, ensure_key_file, load_audit_key
 from connector.config import CONFIG_NAME, Config, home, load_config, valid_source, write_config
 from connector.errors import ConfigError, ConnectorError, EhrError
 from connector.states import ALL_STATES, WAITING_STATES, JobState
@@ -52,7 +55,11 @@ def _profile(config: Config) -> Profile:
 def _store(config: Config) -> Store:
     from connector.store import Store, StoreError
 
-    store = Store.from_url(config.database_url)
+    try:
+        key = load_audit_key(config.folder, config.audit_key_file, os.environ)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    store = Store.from_url(config.database_url, audit_key=key)
     click.get_current_context().call_on_close(store.close)
     try:
         store.check_schema()
@@ -61,18 +68,9 @@ def _store(config: Config) -> Store:
     return store
 
 
-def _client(config: Config) -> FhirClient:
-    from connector.auth import build_auth
-    from connector.fhir_client import FhirClient
-
+def _client(config: Config, profile: Profile | None = None) -> FhirClient:
     try:
-        auth = build_auth(config.ehr.auth, base_url=config.ehr.base_url)
-        return FhirClient(
-            base_url=config.ehr.base_url,
-            timeout_s=config.ehr.timeout_s,
-            auth=auth,
-            ca_file=config.ehr.ca_file or None,
-        )
+        return make_client(config, profile or _profile(config))
     except ConfigError as exc:
         raise CliError(str(exc)) from None
 
@@ -84,6 +82,9 @@ def main(verbose: int) -> None:
     """PeerSync: document a peer support encounter once; land it in the EHR over FHIR R4."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # urllib3 logs whole URLs (query values included: identifiers, MRNs) at DEBUG;
+    # our client logs them redacted instead.
+    logging.getLogger("urllib3").setLevel(max(level, logging.INFO))
 
 
 @main.command()
@@ -138,6 +139,44 @@ def init(ehr_url: str, database_url: str, default_source: str, profile: str, for
     store.close()
     click.echo(f"wrote {path}")
     click.echo(f"database ready: {_safe_url(config.database_url)}")
+    key_file = ensure_key_file(folder, config.audit_key_file)
+    click.echo(f"audit key: {key_file} (mode 0600; keep a copy away from the database)"
+               + (f"; {KEY_ENV} is set and takes precedence" if os.environ.get(KEY_ENV) else ""))
+
+
+main.add_command(audit_group)
+main.add_command(user_group)
+main.add_command(token_group)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check or show the deployment config."""
+
+
+@config_group.command("check")
+def config_check() -> None:
+    """Check the config and profile, the EHR's capabilities, auth, and the agency's
+    Organization and Device (matched or created once). Exit 1 when a check fails."""
+    from connector.setup_check import check_setup
+
+    config = _config()
+    profile = _profile(config)
+    store = _store(config)
+    report = check_setup(
+        config, profile=profile, store=store, client_factory=lambda: make_client(config, profile)
+    )
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(report.exit_code)
+
+
+@config_group.command("show")
+def config_show() -> None:
+    """Print the effective config (environment overrides applied; secrets never shown)."""
+    from connector.setup_check import render_config
+
+    click.echo(render_config(_config()))
 
 
 @main.group()
@@ -327,7 +366,7 @@ def sync(max_wait: float | None) -> None:
         f"syncing to {config.ehr.base_url} ({config.ehr.mode} mode); waiting up to "
         f"{bound:.0f} s for scheduled retries"
     )
-    with _client(config) as client:
+    with _client(config, profile) as client:
         engine = SyncEngine(
             store=store, client=client, profile=profile, config=config, worker=f"sync:{os.getpid()}"
         )
@@ -378,7 +417,7 @@ def worker(poll: float, rescan: float) -> None:
     click.echo(f"{name}: syncing to {config.ehr.base_url} ({config.ehr.mode} mode)")
     last_scan = float("-inf")
     totals: dict[str, int] = {}
-    with _client(config) as client:
+    with _client(config, profile) as client:
         engine = SyncEngine(store=store, client=client, profile=profile, config=config,
                             worker=name)
         while not stop.is_set():
@@ -442,15 +481,16 @@ def link_staff(specialist_id: str, practitioner_id: str) -> None:
 
 def _link(config: Config, kind: str, key: str, resource_type: str, ehr_id: str,
           state: JobState, **who: str) -> None:
+    from connector.actions import link
+
     store = _store(config)
     with _client(config) as client:
-        try:
-            client.read(resource_type, ehr_id)  # it must exist before anything points at it
+        try:  # the same function as the web app's matching page
+            linked = link(store, client, kind, key, resource_type, ehr_id, state,
+                          actor="cli:link", **who)
         except EhrError as exc:
             raise click.ClickException(f"{resource_type}/{ehr_id}: {exc}") from None
-    store.set_link(kind, key, ehr_id, linked_by="cli:link")
-    released = store.release_waiting(state, actor="cli:link", why=f"{kind} linked", **who)
-    click.echo(f"linked to {resource_type}/{ehr_id}; {released} waiting record(s) released "
+    click.echo(f"linked to {linked.reference}; {linked.released} waiting record(s) released "
                "(run `peersync sync`)")
 
 
@@ -492,10 +532,13 @@ def status(as_json: bool) -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
     """Serve the admin web app."""
+    from connector.config import is_loopback
     from webapp import create_app
 
     config = _config()
-    app = create_app({"PEERSYNC_CONFIG": str(config.path)})
+    # Beyond loopback, cookies go only over HTTPS (put a TLS-terminating proxy in front).
+    app = create_app({"PEERSYNC_CONFIG": str(config.path),
+                      "SESSION_COOKIE_SECURE": not is_loopback(host)})
     click.echo(f"PeerSync admin: http://{host}:{port}/")
     app.run(host=host, port=port, debug=False, use_reloader=False)
 

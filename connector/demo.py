@@ -96,6 +96,9 @@ def run_demo(folder: Path, *, ehr_port: int, web_port: int, serve: bool) -> None
         profile = load_profile(config.profile_path())
         store = Store.from_url(config.database_url)
         store.migrate()
+        from connector.accounts import demo_accounts
+
+        logins = demo_accounts(store)
         with FhirClient(base_url=config.ehr.base_url, timeout_s=config.ehr.timeout_s) as client:
             seeded = seed_patients(client, profile, sample_paths())
             click.echo(f"seeded the EHR with {seeded} sample patients (matched by MRN)")
@@ -114,6 +117,9 @@ def run_demo(folder: Path, *, ehr_port: int, web_port: int, serve: bool) -> None
         counts = store.counts_by_state()
         click.echo("status: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
         click.echo(f"EHR: {ehr.base_url}  (try {ehr.base_url}/Encounter)")
+        click.echo(f"log in at http://127.0.0.1:{web_port}/login as:")
+        for name, role, password in logins:
+            click.echo(f"  {name} / {password}   ({role})")
         if serve:
             from webapp import create_app
 

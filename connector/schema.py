@@ -168,3 +168,54 @@ audit_events = Table(
 )
 Index("ix_audit_events_at", audit_events.c.at)
 Index("ix_audit_events_record", audit_events.c.source, audit_events.c.record_id)
+
+# One row (id 1): the audit chain's last sequence number and MAC. Appends lock
+# it first (connector.audit.append), so parallel writers never fork the chain,
+# and a tail cut off the log no longer matches it.
+audit_chain_head = Table(
+    "audit_chain_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_seq", Integer, nullable=False),
+    Column("last_mac", String(64), nullable=False),
+)
+
+# -- accounts (connector.accounts) --------------------------------------------
+# Web app users: a vetted password hash (scrypt), never the password. A
+# specialist account is tied to the staff id it documents as.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),  # lower case
+    Column("role", String(16), nullable=False),  # admin | specialist | auditor
+    Column("specialist_id", String(64)),  # the staff id of a specialist account
+    Column("password_hash", String(255), nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),
+)
+
+# API and metrics bearer tokens: the SHA-256 of the token, never the token.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),  # the token's first characters, for listings
+    Column("kind", String(16), nullable=False),  # source | metrics
+    Column("source", String(64)),  # a source token's source: its records' source
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+# Failed logins per key ("user:<name>", "ip:<address>") in the current window,
+# in the database so that every worker process throttles the same attempts.
+login_throttle = Table(
+    "login_throttle",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+)

@@ -8,6 +8,7 @@ The CLI and the web app call these methods; neither writes SQL of its own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,6 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from connector.audit import DEVELOPMENT_KEY
+from connector.audit import append as append_audit
 from connector.errors import ConnectorError
 from connector.records import EncounterRecord
 from connector.schema import (
@@ -141,12 +144,15 @@ def _engine_for(url: str) -> Engine:
 class Store:
     """All reads and writes of PeerSync's database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, audit_key: bytes | None = None) -> None:
         self.engine = engine
+        # The audit chain's HMAC key (connector.audit); without one, the public
+        # development key, which `peersync audit verify` reports.
+        self.audit_key = audit_key or DEVELOPMENT_KEY
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(_engine_for(url))
+    def from_url(cls, url: str, *, audit_key: bytes | None = None) -> Store:
+        return cls(_engine_for(url), audit_key=audit_key)
 
     @property
     def dialect(self) -> str:
@@ -191,6 +197,23 @@ class Store:
         except OperationalError as exc:
             raise StoreError(f"database error ({type(exc.orig).__name__})") from exc
 
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[Connection]:
+        """A write transaction holding a lock named ``name`` across processes until it ends.
+
+        For a match-or-create in the EHR: a conditional create is racy on many
+        servers (sekmet included), so two workers must not both search, find
+        nothing, and create. The second waits here, then finds the first's link.
+        PostgreSQL: a transaction-scoped advisory lock; SQLite: the database write
+        lock every write transaction takes (BEGIN IMMEDIATE).
+        """
+        with self.begin() as conn:
+            if self.dialect == "postgresql":
+                digest = hashlib.sha256(name.encode("utf-8")).digest()
+                conn.execute(select(func.pg_advisory_xact_lock(
+                    int.from_bytes(digest[:8], "big", signed=True))))
+            yield conn
+
     # -- audit ------------------------------------------------------------
 
     def audit(
@@ -213,19 +236,23 @@ class Store:
             source = source or job.source
             record_id = record_id or job.record_id
             record_version_id = record_version_id or job.record_version_id
-        conn.execute(
-            insert(audit_events).values(
-                at=at or utcnow(),
-                actor=actor,
-                action=action,
-                source=source,
-                record_id=record_id,
-                record_version_id=record_version_id,
-                job_id=job.id if job else None,
-                state_from=state_from,
-                state_to=state_to,
-                detail=detail,
-            )
+        append_audit(
+            conn,
+            [
+                {
+                    "at": at or utcnow(),
+                    "actor": actor,
+                    "action": action,
+                    "source": source,
+                    "record_id": record_id,
+                    "record_version_id": record_version_id,
+                    "job_id": job.id if job else None,
+                    "state_from": state_from,
+                    "state_to": state_to,
+                    "detail": detail,
+                }
+            ],
+            self.audit_key,
         )
 
     def audit_events(
@@ -335,24 +362,21 @@ class Store:
             .scalars()
             .all()
         )
-        conn.execute(
-            insert(audit_events),
-            [
-                {
-                    "at": now,
-                    "actor": actor,
-                    "action": "record.accepted",
-                    "source": record.source,
-                    "record_id": record.id,
-                    "record_version_id": version_id,
-                    "job_id": job_id,
-                    "state_from": None,
-                    "state_to": JobState.PENDING.value,
-                    "detail": {"content_hash": record.content_hash},
-                }
-                for version_id, job_id, record in zip(ids, job_ids, fresh, strict=True)
-            ],
-        )
+        accepted = [
+            {
+                "at": now,
+                "actor": actor,
+                "action": "record.accepted",
+                "source": record.source,
+                "record_id": record.id,
+                "record_version_id": version_id,
+                "job_id": job_id,
+                "state_from": None,
+                "state_to": JobState.PENDING.value,
+                "detail": {"content_hash": record.content_hash},
+            }
+            for version_id, job_id, record in zip(ids, job_ids, fresh, strict=True)
+        ]
         self._remember_specialists(conn, fresh, now=now)
         for record in fresh:
             if record.consent is not None and record.consent.status:
@@ -365,6 +389,10 @@ class Store:
                     actor=actor,
                     now=now,
                 )
+        # Appended last: the chain head is the last lock this transaction takes,
+        # after any job rows a consent release locked, as in every other writer
+        # (claim, finish, release), so no two writers wait on each other.
+        append_audit(conn, accepted, self.audit_key)
         return AddSummary(new_versions=len(fresh), unchanged=unchanged)
 
     def _remember_specialists(
@@ -511,21 +539,25 @@ class Store:
             .values(**values)
             .returning(jobs.c.id, jobs.c.source, jobs.c.record_id, jobs.c.record_version_id)
         ).all()
-        for row in released:
-            conn.execute(
-                insert(audit_events).values(
-                    at=now,
-                    actor=actor,
-                    action="job.released",
-                    source=row.source,
-                    record_id=row.record_id,
-                    record_version_id=row.record_version_id,
-                    job_id=row.id,
-                    state_from=state.value,
-                    state_to=JobState.PENDING.value,
-                    detail={"why": why},
-                )
-            )
+        append_audit(
+            conn,
+            [
+                {
+                    "at": now,
+                    "actor": actor,
+                    "action": "job.released",
+                    "source": row.source,
+                    "record_id": row.record_id,
+                    "record_version_id": row.record_version_id,
+                    "job_id": row.id,
+                    "state_from": state.value,
+                    "state_to": JobState.PENDING.value,
+                    "detail": {"why": why},
+                }
+                for row in released
+            ],
+            self.audit_key,
+        )
         return len(released)
 
     # -- outbox -----------------------------------------------------------
@@ -647,8 +679,12 @@ class Store:
         next_attempt_at: datetime | None = None,
         count_attempt: bool = False,
         detail: dict[str, Any] | None = None,
-    ) -> None:
-        """Move a claimed job to ``state`` (in the caller's transaction) and audit it."""
+    ) -> bool:
+        """Move a job ``actor`` holds the lease of to ``state`` (in the caller's transaction).
+
+        Returns False, changing nothing, when the lease was lost meanwhile (the
+        job expired and another worker took it): the newer holder decides.
+        """
         now = utcnow()
         next_attempt_at = _utc(next_attempt_at) if next_attempt_at else None
         values: dict[str, Any] = {
@@ -664,7 +700,19 @@ class Store:
             values["attempts"] = jobs.c.attempts + 1
         if state is JobState.SYNCED:
             values["synced_at"] = now
-        conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values))
+        held = conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id == job.id,
+                jobs.c.state == JobState.IN_FLIGHT.value,
+                jobs.c.lease_owner == actor,
+            )
+            .values(**values)
+        ).rowcount
+        if not held:
+            log.warning("job %s: lease lost before it finished; outcome left to its new holder",
+                        job.id)
+            return False
         audit_detail = dict(detail or {})
         if reason:
             audit_detail["reason"] = reason[:200]
@@ -680,6 +728,7 @@ class Store:
             detail=audit_detail or None,
             at=now,
         )
+        return True
 
     def release_waiting(
         self,
@@ -877,6 +926,23 @@ class Store:
                 .limit(1)
             ).first()
         return _ledger_entry(row) if row else None
+
+    def ledger_snapshot(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[LedgerEntry]]:
+        """Every ledger row of these records, oldest first, in one query (per claimed batch)."""
+        found: dict[tuple[str, str], list[LedgerEntry]] = {key: [] for key in keys}
+        if not keys:
+            return found
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ledger)
+                .where(tuple_(ledger.c.source, ledger.c.record_id).in_(list(set(keys))))
+                .order_by(ledger.c.id)
+            )
+            for row in rows:
+                found.setdefault((row.source, row.record_id), []).append(_ledger_entry(row))
+        return found
 
     def ledger_for_record(
         self, source: str, record_id: str, resource_type: str | None = None

@@ -147,6 +147,7 @@ class SyncEngine:
         self.clock = clock
         self.rng = rng or random.Random()
         self._patients: dict[str, Wait | str] = {}
+        self._patient_links: dict[str, str] = {}  # per run: "" = no admin link
         self._practitioners: dict[str, Wait | str] = {}
         self._agency: tuple[str, str] | None = None
 
@@ -168,6 +169,7 @@ class SyncEngine:
         summary = SyncSummary()
         run_id = uuid.uuid4().hex
         self._patients.clear()
+        self._patient_links.clear()
         self._practitioners.clear()
         waited = 0.0
         while not (stop and stop.is_set()):
@@ -211,11 +213,13 @@ class SyncEngine:
         summary.claimed += len(jobs)
         with self._lease_renewal([job.id for job in jobs]):
             records = self.store.load_records([job.record_version_id for job in jobs])
+            ledgers = self.store.ledger_snapshot([(job.source, job.record_id) for job in jobs])
             plans: list[Plan] = []
             for job in jobs:
                 record = records[job.record_version_id]
                 try:
-                    outcome = self._prepare(job, record)
+                    ledger = RecordLedger(ledgers[(job.source, job.record_id)], self.store)
+                    outcome = self._prepare(job, record, ledger)
                 except ConnectorError as exc:
                     self._fail(job, exc, summary)
                     continue
@@ -264,20 +268,23 @@ class SyncEngine:
 
     # -- deciding ---------------------------------------------------------
 
-    def _prepare(self, job: Job, record: EncounterRecord) -> Plan | Wait:
+    def _prepare(self, job: Job, record: EncounterRecord, ledger: RecordLedger) -> Plan | Wait:
         if record.part2:
             consent = self.store.consent_status(record.source, record.participant.id)
             if consent != "active":
                 return Wait(JobState.WAITING_CONSENT, f"part2-consent-{consent or 'none'}")
-        if self._already_applied(job, record):
+        if self._already_applied(job, record, ledger):
             # A re-send of a version the EHR already holds: no write, no second Provenance.
             return Wait(JobState.SYNCED, "already-in-ehr")
-        in_doubt = job.claimed_from in (JobState.UNKNOWN.value, JobState.IN_FLIGHT.value)
+        # A 5xx can come after the EHR applied the bundle (a gateway's 504 on a slow
+        # upstream, a 500 after commit): a retried transaction is looked up first too.
+        in_doubt = job.claimed_from in (JobState.UNKNOWN.value, JobState.IN_FLIGHT.value,
+                                        JobState.RETRY_SCHEDULED.value)
         if in_doubt and self.ehr.mode == "transaction":
             settled = self._settle(job, record)
             if settled is not None:
                 return settled
-        if record.status == "entered_in_error" and not self.store.ledger_for_record(
+        if record.status == "entered_in_error" and not ledger.ledger_for_record(
             record.source, record.id
         ):
             return Wait(JobState.SYNCED, "nothing-sent-nothing-to-retract")
@@ -289,7 +296,7 @@ class SyncEngine:
             return practitioner
         ehr_encounter = None
         if not self.ehr.create_encounters:
-            found = self._ehr_encounter(job, record, patient)
+            found = self._ehr_encounter(job, record, patient, ledger)
             if isinstance(found, Wait):
                 return found
             ehr_encounter = found
@@ -303,8 +310,8 @@ class SyncEngine:
             key=str(job.id),
             profile=self.profile,
             note_format=self.ehr.note_content_type,
-            ledger=self.store,
-            recorded=self._recorded(job),
+            ledger=ledger,
+            recorded=self._recorded(job, ledger),
             ledger_key=str(job.record_version_id),
             ehr_encounter=ehr_encounter,
         )
@@ -315,26 +322,28 @@ class SyncEngine:
             self._skip_done(plan)
         return plan
 
-    def _already_applied(self, job: Job, record: EncounterRecord) -> bool:
+    def _already_applied(self, job: Job, record: EncounterRecord, ledger: RecordLedger) -> bool:
         """The ledger holds this record version's Provenance: every write of it went through."""
         prefix = f"{job.record_version_id}@"
         return any(
             e.identifier_value.startswith(prefix) and e.state == "confirmed"
-            for e in self.store.ledger_for_record(record.source, record.id, "Provenance")
+            for e in ledger.ledger_for_record(record.source, record.id, "Provenance")
         )
 
-    def _recorded(self, job: Job) -> datetime:
+    def _recorded(self, job: Job, ledger: RecordLedger) -> datetime:
         """The Provenance time of this job: reused after a lost response, so it can be found."""
         prefix = f"{job.record_version_id}@"
-        for entry in self.store.ledger_for_record(job.source, job.record_id, "Provenance"):
+        for entry in ledger.ledger_for_record(job.source, job.record_id, "Provenance"):
             if entry.identifier_value.startswith(prefix):
                 try:
                     return datetime.fromisoformat(entry.identifier_value[len(prefix):])
                 except ValueError:
                     break
-        return self.clock()
+        # Whole seconds: an EHR that stores fewer digits must still match it after a lost answer.
+        return self.clock().replace(microsecond=0)
 
-    def _ehr_encounter(self, job: Job, record: EncounterRecord, patient_ref: str) -> Wait | str:
+    def _ehr_encounter(self, job: Job, record: EncounterRecord, patient_ref: str,
+                       ledger: RecordLedger) -> Wait | str:
         """The EHR's own Encounter for this session (for EHRs that cannot create Encounters).
 
         The one Encounter of the patient whose period overlaps the session; the
@@ -343,7 +352,7 @@ class SyncEngine:
         from mappings.resources import encounter_identifier
 
         system, value = encounter_identifier(record, self.profile)
-        known = self.store.ledger_latest("Encounter", system, value)
+        known = ledger.ledger_latest("Encounter", system, value)
         if known is not None and known.ehr_id:
             return f"Encounter/{known.ehr_id}"
         day_before = (record.start - timedelta(days=1)).date().isoformat()
@@ -367,7 +376,11 @@ class SyncEngine:
     def _resolve_patient(self, record: EncounterRecord) -> Wait | str:
         from mappings.resources import map_patient, mrn_identifier, search_token
 
-        linked = self.store.get_link("patient", f"{record.source}|{record.participant.id}")
+        link_key = f"{record.source}|{record.participant.id}"
+        linked = self._patient_links.get(link_key)
+        if linked is None:
+            linked = self.store.get_link("patient", link_key) or ""
+            self._patient_links[link_key] = linked
         if linked:
             return f"Patient/{linked}"
         mrn = record.participant.mrn
@@ -422,30 +435,39 @@ class SyncEngine:
             return self._practitioners[staff_id]
         system, value = staff_identifier(record.specialist, self.profile)
         token = search_token(system, value)
-        found = self.client.search("Practitioner", {"identifier": token})
         result: Wait | str
-        if len(found) == 1:
-            self.store.set_link("practitioner", staff_id, found[0]["id"], linked_by="match")
-            result = f"Practitioner/{found[0]['id']}"
-        elif len(found) > 1:
-            result = Wait(JobState.WAITING_STAFF, f"staff-id-matches-{len(found)}-practitioners")
-        else:
-            specialist = record.specialist
-            if not specialist.has_name:
-                known = self.store.specialist_details(staff_id)
-                if known:
-                    from connector.records import Specialist
-
-                    specialist = Specialist(id=staff_id, **known)
-            if not specialist.has_name:
-                result = Wait(JobState.WAITING_STAFF, "staff-id-no-match-no-name")
+        # One worker at a time per staff id (a conditional create is racy on the EHR,
+        # see ensure_agency): the next one finds the link.
+        with self.store.exclusive(f"link|practitioner|{staff_id}") as conn:
+            linked = self.store.get_link("practitioner", staff_id)
+            found = [] if linked else self.client.search("Practitioner", {"identifier": token})
+            if linked:
+                result = f"Practitioner/{linked}"
+            elif len(found) == 1:
+                self.store.set_link("practitioner", staff_id, found[0]["id"], linked_by="match",
+                                    conn=conn)
+                result = f"Practitioner/{found[0]['id']}"
+            elif len(found) > 1:
+                result = Wait(JobState.WAITING_STAFF,
+                              f"staff-id-matches-{len(found)}-practitioners")
             else:
-                written = self.client.create(
-                    map_practitioner(specialist, self.profile).model_dump(mode="json"),
-                    if_none_exist={"identifier": token},
-                )
-                self.store.set_link("practitioner", staff_id, written.id, linked_by="create")
-                result = f"Practitioner/{written.id}"
+                specialist = record.specialist
+                if not specialist.has_name:
+                    known = self.store.specialist_details(staff_id)
+                    if known:
+                        from connector.records import Specialist
+
+                        specialist = Specialist(id=staff_id, **known)
+                if not specialist.has_name:
+                    result = Wait(JobState.WAITING_STAFF, "staff-id-no-match-no-name")
+                else:
+                    written = self.client.create(
+                        map_practitioner(specialist, self.profile).model_dump(mode="json"),
+                        if_none_exist={"identifier": token},
+                    )
+                    self.store.set_link("practitioner", staff_id, written.id,
+                                        linked_by="create", conn=conn)
+                    result = f"Practitioner/{written.id}"
         if not isinstance(result, Wait):
             self._practitioners[staff_id] = result
         return result
@@ -777,7 +799,8 @@ class SyncEngine:
             else None
         )
         outcome_text = error.outcome_text if isinstance(error, EhrError) else None
-        detail: dict[str, Any] = {"error": type(error).__name__, "attempt": attempts}
+        detail: dict[str, Any] = {"error": type(error).__name__, "attempt": attempts,
+                                  "mode": self.ehr.mode}
         if isinstance(error, EhrHttpError):
             detail["status"] = error.status
             if error.outcome:
@@ -839,6 +862,39 @@ class EmptyLedger:
 
     def load_records(self, record_version_ids: Sequence[int]) -> dict[int, EncounterRecord]:
         return {}
+
+
+class RecordLedger:
+    """One record's ledger rows, read once per claimed batch (a LedgerView).
+
+    Every row a record's writes produce carries its (source, id), and a batch
+    never holds two versions of one record, so the snapshot answers every
+    question planning asks about that record without another query.
+    """
+
+    def __init__(self, entries: list[LedgerEntry], store: Store) -> None:
+        self.entries = entries
+        self.store = store
+
+    def ledger_latest(self, resource_type: str, system: str, value: str) -> LedgerEntry | None:
+        for entry in reversed(self.entries):
+            if (entry.resource_type, entry.identifier_system,
+                    entry.identifier_value) == (resource_type, system, value):
+                return entry
+        return None
+
+    def ledger_for_record(
+        self, source: str, record_id: str, resource_type: str | None = None
+    ) -> list[LedgerEntry]:
+        newest: dict[tuple[str, str, str], LedgerEntry] = {}
+        for entry in self.entries:
+            if resource_type in (None, entry.resource_type):
+                newest[(entry.resource_type, entry.identifier_system,
+                        entry.identifier_value)] = entry
+        return list(newest.values())
+
+    def load_records(self, record_version_ids: Sequence[int]) -> dict[int, EncounterRecord]:
+        return self.store.load_records(record_version_ids)
 
 
 def _urn(*parts: str) -> str:
@@ -906,20 +962,18 @@ def plan_record(
         if entry.identifier_system == profile.note_version_system(record.source)
     ]
 
+    def note_doc(rec: EncounterRecord, **choices: Any) -> dict[str, Any]:
+        return map_document_reference(
+            rec, profile, patient_ref=refs.patient, practitioner_ref=refs.practitioner,
+            encounter_ref=enc_ref, note_format=note_format, organization_ref=refs.organization,
+            **choices,
+        ).model_dump(mode="json")
+
     def rewrite(entry: LedgerEntry, status: str, action: str) -> Write:
         # Re-map an already-sent note version with a new status; content unchanged.
         assert entry.record_version_id is not None and entry.ehr_id is not None
         old = ledger.load_records([entry.record_version_id])[entry.record_version_id]
-        doc = map_document_reference(
-            old,
-            profile,
-            patient_ref=refs.patient,
-            practitioner_ref=refs.practitioner,
-            encounter_ref=enc_ref,
-            note_format=note_format,
-            status=status,
-            organization_ref=refs.organization,
-        ).model_dump(mode="json")
+        doc = note_doc(old, status=status)
         doc["id"] = entry.ehr_id
         return Write(
             "DocumentReference",
@@ -948,16 +1002,7 @@ def plan_record(
         if replaced:
             newest = max(replaced, key=lambda e: _note_version_number(e.identifier_value))
             replaces_ref = f"DocumentReference/{newest.ehr_id}"
-        doc = map_document_reference(
-            record,
-            profile,
-            patient_ref=refs.patient,
-            practitioner_ref=refs.practitioner,
-            encounter_ref=enc_ref,
-            note_format=note_format,
-            replaces_ref=replaces_ref,
-            organization_ref=refs.organization,
-        ).model_dump(mode="json")
+        doc = note_doc(record, replaces_ref=replaces_ref)
         doc_write = Write(
             "DocumentReference",
             doc,
@@ -1017,30 +1062,36 @@ def ensure_agency(store: Store, client: FhirClient, profile: Profile) -> tuple[s
         linked = store.get_link(kind, key)
         resource_type = kind.capitalize()
         if not linked:
-            token = search_token(identity.system, identity.value)
-            found = client.search(resource_type, {"identifier": token})
-            if len(found) > 1:
-                raise EhrConflict(
-                    f"{len(found)} {resource_type} resources carry the agency's identifier",
-                    status=412,
-                    method="GET",
-                    url=f"{client.base_url}/{resource_type}",
-                    outcome=Outcome(),
-                )
-            if found:
-                linked = found[0]["id"]
-                how = "match"
-            else:
-                model = (
-                    map_organization(profile)
-                    if kind == "organization"
-                    else map_device(profile, organization_ref=org_ref)
-                )
-                linked = client.create(
-                    model.model_dump(mode="json"), if_none_exist={"identifier": token}
-                ).id
-                how = "create"
-            store.set_link(kind, key, linked, linked_by=how)
+            # One worker at a time: a conditional create is racy on the EHR, so two
+            # workers starting together would both create. The next one finds the link.
+            with store.exclusive(f"link|{kind}|{key}") as conn:
+                linked = store.get_link(kind, key)
+                if not linked:
+                    token = search_token(identity.system, identity.value)
+                    found = client.search(resource_type, {"identifier": token})
+                    if len(found) > 1:
+                        raise EhrConflict(
+                            f"{len(found)} {resource_type} resources carry the agency's "
+                            "identifier",
+                            status=412,
+                            method="GET",
+                            url=f"{client.base_url}/{resource_type}",
+                            outcome=Outcome(),
+                        )
+                    if found:
+                        linked = found[0]["id"]
+                        how = "match"
+                    else:
+                        model = (
+                            map_organization(profile)
+                            if kind == "organization"
+                            else map_device(profile, organization_ref=org_ref)
+                        )
+                        linked = client.create(
+                            model.model_dump(mode="json"), if_none_exist={"identifier": token}
+                        ).id
+                        how = "create"
+                    store.set_link(kind, key, linked, linked_by=how, conn=conn)
         ref = f"{resource_type}/{linked}"
         if kind == "organization":
             org_ref = ref

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every test: lint, types, unit tests, and the integration tests against a
+# Every test: lint, types, unit tests, browser tests (headless chromium), and the integration tests against a
 # real FHIR server (sekmet, started by the tests) and PostgreSQL.
 #   scripts/test.sh [pytest args...]
 # PostgreSQL: PEERSYNC_TEST_DATABASE_URL (default: the local server on
@@ -29,6 +29,14 @@ if ! pg_up 2>/dev/null; then
     for _ in $(seq 1 30); do pg_up 2>/dev/null && break; sleep 1; done
   fi
   pg_up || { echo "PostgreSQL is unreachable at PEERSYNC_TEST_DATABASE_URL; the store tests need it" >&2; exit 1; }
+fi
+
+# Browser tests drive Debian's chromium headless (never `playwright install`).
+if [ ! -x /usr/bin/chromium ] && [ -z "${PEERSYNC_SKIP_BROWSER:-}" ]; then
+  echo "installing chromium for the browser tests ..."
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || true
+  [ -x /usr/bin/chromium ] || { echo "chromium could not be installed (set PEERSYNC_SKIP_BROWSER=1 to skip the browser tests)" >&2; exit 1; }
 fi
 
 echo "== ruff"

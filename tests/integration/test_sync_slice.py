@@ -230,3 +230,23 @@ def test_refused_transaction_is_resent_one_record_per_bundle(env: Env, tmp_path:
         store.close()
     assert row["record_id"] == "ps-dup-1"
     assert "412" in (row["reason"] or "")
+
+
+def test_debug_logging_carries_no_phi(env: Env) -> None:
+    """`peersync -vv sync` logs every request, without MRNs, identifiers' values or names."""
+    import os
+    import subprocess
+    import sys
+
+    env.import_(*FIRST_IMPORT)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from connector.cli import main; main()", "-vv", "sync"],
+        env={**os.environ, "PEERSYNC_HOME": str(env.home)}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    log = proc.stderr
+    assert "peersync.fhir" in log and "/fhir/Patient" in log  # it did log the requests
+    for phi in ("MRN-55821", "MRN-60210", "Dana", "Lopez", "Okafor", "housing application",
+                "1988-04-12"):
+        assert phi not in log, phi

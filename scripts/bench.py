@@ -1,0 +1,111 @@
+"""Benchmarks (figures for the README), not tests: speed and memory are measured here.
+
+    .venv/bin/python scripts/bench.py import 100000          # intake + store, SQLite
+    .venv/bin/python scripts/bench.py sync 2000 --mode transaction
+    .venv/bin/python scripts/bench.py sync 500 --mode single
+
+`import` generates N records (JSON Lines) and times `peersync import` into a
+fresh SQLite store; `sync` starts a local sekmet (in memory), seeds the sample
+patients, imports N records and times `peersync sync`. Each prints records/s
+and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from click.testing import CliRunner  # noqa: E402
+
+from connector.cli import main  # noqa: E402
+
+MRNS = ["MRN-55821", "MRN-60210", "MRN-61877", "MRN-70011", "MRN-70012", "MRN-70013"]
+
+
+def generate(path: Path, n: int) -> None:
+    base = json.loads((ROOT / "connector" / "samples" / "in-person-session.json").read_text())
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(n):
+            base["id"] = f"bench-{i:07d}"
+            base["note"]["id"] = f"N-bench-{i:07d}"
+            base["participant"]["mrn"] = MRNS[i % len(MRNS)]
+            base["participant"]["id"] = f"P-{i % len(MRNS)}"
+            out.write(json.dumps(base) + "\n")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(*args: str) -> None:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    if result.exit_code != 0:
+        raise SystemExit(f"peersync {' '.join(args)} failed:\n{result.output}")
+    print("  " + result.stdout.strip().splitlines()[-1])
+
+
+def bench_import(n: int, home: Path) -> None:
+    os.environ["PEERSYNC_HOME"] = str(home)
+    run("init")
+    data = home / "records.jsonl"
+    generate(data, n)
+    size = data.stat().st_size / 2**20
+    start = time.perf_counter()
+    run("import", str(data))
+    took = time.perf_counter() - start
+    print(f"import: {n} records ({size:.0f} MiB JSONL) in {took:.1f} s = {n / took:,.0f} "
+          f"records/s; peak RSS {peak_rss_mib():.0f} MiB")
+
+
+def bench_sync(n: int, home: Path, mode: str, conditional: bool) -> None:
+    from connector.demo import sample_paths, seed_patients
+    from connector.ehr_sandbox import SekmetServer
+    from connector.fhir_client import FhirClient
+    from mappings.profile import default_profile_path, load_profile
+
+    os.environ["PEERSYNC_HOME"] = str(home)
+    with SekmetServer(home / "ehr") as ehr:
+        run("init", "--ehr-url", ehr.base_url)
+        config = home / "peersync.toml"
+        text = config.read_text().replace('mode = "transaction"', f'mode = "{mode}"')
+        if not conditional:
+            text = text.replace("conditional = true", "conditional = false")
+        config.write_text(text)
+        with FhirClient(base_url=ehr.base_url, timeout_s=30) as client:
+            seed_patients(client, load_profile(default_profile_path()), sample_paths())
+        data = home / "records.jsonl"
+        generate(data, n)
+        run("import", str(data))
+        start = time.perf_counter()
+        run("sync")
+        took = time.perf_counter() - start
+    print(f"sync ({mode}, conditional={conditional}): {n} records in {took:.1f} s = "
+          f"{n / took:,.0f} records/s; peak RSS {peak_rss_mib():.0f} MiB")
+
+
+def main_() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["import", "sync"])
+    parser.add_argument("n", type=int)
+    parser.add_argument("--mode", default="transaction",
+                        choices=["transaction", "batch", "single"])
+    parser.add_argument("--no-conditional", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.what == "import":
+            bench_import(args.n, Path(tmp))
+        else:
+            bench_sync(args.n, Path(tmp), args.mode, not args.no_conditional)
+
+
+if __name__ == "__main__":
+    main_()

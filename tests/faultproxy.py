@@ -1,0 +1,361 @@
+"""A small fault-injecting HTTP/1.1 reverse proxy for the durability tests.
+
+It listens on 127.0.0.1 (a free port), forwards every request to one upstream
+(sekmet) and, on a seeded schedule, breaks some of them in the ways a real
+network and a real EHR do:
+
+- ``status_5xx``: answer 503 without forwarding (nothing applied);
+- ``throttle_429``: answer 429 with ``Retry-After: 1`` without forwarding;
+- ``reset_before``: read the request, then reset the client's connection
+  (SO_LINGER 0, so the client gets an RST) without forwarding;
+- ``reset_after``: forward (the EHR applies it), then reset the client's
+  connection without answering;
+- ``timeout_after``: forward (applied), then hold the client without a byte
+  for ``hold_s`` (longer than the connector's read timeout), then close;
+- ``gateway_504_after``: forward (applied), then answer 504 Gateway Timeout, as
+  a gateway in front of an EHR does when it gives up on a slow upstream.
+
+Faults hit only the methods in ``methods`` (default: writes, POST and PUT);
+reads pass through untouched unless asked. At most ``max_faults`` are injected;
+every decision comes from one ``random.Random(seed)``, so a schedule can be
+replayed. Every answer carries ``Connection: close`` (one request per
+connection: the client's keep-alive pool simply opens a new one), and request
+bodies are read by Content-Length.
+
+Two more knobs for the kill tests: ``delay_s`` slows every write (so a kill
+lands mid-send), and :meth:`FaultProxy.arm` pauses the n-th write before or
+after it is forwarded until :meth:`release`, so a test can kill the client at
+exactly that point.
+
+``stop()`` shuts the server down and joins every handler thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import random
+import socket
+import struct
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+FAULT_KINDS = ("status_5xx", "throttle_429", "reset_before", "reset_after", "timeout_after",
+               "gateway_504_after")
+WRITE_METHODS = frozenset({"POST", "PUT"})
+# Hop-by-hop headers (RFC 9110 7.6.1) and the ones we set ourselves.
+_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+    "upgrade", "content-length", "host",
+})
+
+
+class _Abort(Exception):
+    """Raised inside a handler to drop the connection without an answer."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False  # so that server_close() joins every handler thread
+    block_on_close = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self.aborted: set[int] = set()  # ids of client sockets to reset, not shut down
+        self.aborted_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.aborted_lock:
+            abort = id(request) in self.aborted
+            self.aborted.discard(id(request))
+        if abort:
+            # No FIN first: close() with SO_LINGER 0 sends an RST.
+            self.close_request(request)
+        else:
+            super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away (e.g. killed mid-request) is not an error of ours.
+        self.proxy._count("handler_errors")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except _Abort:
+            self.close_connection = True
+        except (ConnectionError, TimeoutError, OSError):
+            self.close_connection = True
+
+    def _any(self) -> None:
+        self.server.proxy._serve(self)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _any
+
+    # -- helpers used by the proxy ------------------------------------------
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.close_connection = True
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in _HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+        self.wfile.flush()
+
+    def reset(self) -> NoReturn:
+        """Drop the client's connection with an RST, answering nothing."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+        with self.server.aborted_lock:
+            self.server.aborted.add(id(self.request))
+        raise _Abort
+
+
+class FaultProxy:
+    """A reverse proxy in front of ``upstream`` (``http://127.0.0.1:<port>``, any path kept)."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int = 0,
+        rates: dict[str, float] | None = None,
+        max_faults: int = 0,
+        methods: frozenset[str] | set[str] = WRITE_METHODS,
+        hold_s: float = 3.0,
+        delay_s: float = 0.0,
+        delay_methods: frozenset[str] | set[str] = WRITE_METHODS,
+        upstream_timeout_s: float = 60.0,
+    ) -> None:
+        parts = urlsplit(upstream)
+        if parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
+            raise ValueError("upstream must be http://127.0.0.1:<port>")
+        unknown = set(rates or {}) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds: {sorted(unknown)}")
+        self.upstream_host = parts.hostname
+        self.upstream_port = parts.port
+        self.rates = dict(rates or {})
+        self.max_faults = max_faults
+        self.methods = frozenset(m.upper() for m in methods)
+        self.hold_s = hold_s
+        self.delay_s = delay_s
+        self.delay_methods = frozenset(m.upper() for m in delay_methods)
+        self.upstream_timeout_s = upstream_timeout_s
+        self.rng = random.Random(seed)
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        self._armed: tuple[str, int, tuple[str, ...]] | None = None  # (phase, nth, paths)
+        self.paused = threading.Event()  # set while an armed request is held
+        self._release = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        self._server = _Server(self)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.1},
+                                        name="fault-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """The proxy's URL for the upstream's FHIR base (same path)."""
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def stop(self) -> None:
+        """Stop serving, wake every held request, close the listener and join all threads."""
+        self._stopping.set()
+        self._release.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()  # joins the handler threads (daemon_threads = False)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- knobs ------------------------------------------------------------------
+
+    def set_faults(self, *, rates: dict[str, float] | None = None,
+                   max_faults: int | None = None) -> None:
+        with self._lock:
+            if rates is not None:
+                self.rates = dict(rates)
+            if max_faults is not None:
+                self.max_faults = max_faults
+
+    def arm(self, phase: str, nth: int = 1, paths: tuple[str, ...] = ()) -> None:
+        """Pause the ``nth`` write from now ``before`` or ``after`` forwarding it.
+
+        ``paths``: count only writes to these paths (query left out), e.g.
+        ``("/fhir",)`` for bundles or ``("/fhir/Provenance",)``. ``paused`` is
+        set while the write is held; :meth:`release` then drops the client's
+        connection (the client is expected to be dead by then).
+        """
+        if phase not in ("before", "after"):
+            raise ValueError(phase)
+        with self._lock:
+            self.paused.clear()
+            self._release.clear()
+            self._armed = (phase, nth, tuple(paths))
+
+    def release(self) -> None:
+        self._release.set()
+
+    @property
+    def faults(self) -> dict[str, int]:
+        with self._lock:
+            return {kind: self.counts[kind] for kind in FAULT_KINDS}
+
+    @property
+    def total_faults(self) -> int:
+        return sum(self.faults.values())
+
+    def wait_writes(self, n: int, timeout_s: float) -> bool:
+        """Wait until ``n`` writes have been answered by the upstream (forwarded and applied)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.counts["writes_applied"] >= n, timeout_s)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+            self._lock.notify_all()
+
+    # -- the proxy --------------------------------------------------------------
+
+    def _decide(self, method: str) -> str | None:
+        with self._lock:
+            self.counts["requests"] += 1
+            if method in WRITE_METHODS:
+                self.counts["writes"] += 1
+            if method not in self.methods:
+                return None
+            if sum(self.counts[k] for k in FAULT_KINDS) >= self.max_faults:
+                return None
+            roll = self.rng.random()
+            for kind in FAULT_KINDS:
+                rate = self.rates.get(kind, 0.0)
+                if roll < rate:
+                    self.counts[kind] += 1
+                    return kind
+                roll -= rate
+            return None
+
+    def _pause_point(self, method: str, path: str, phase: str) -> bool:
+        """Is this write the armed one (at this phase)? Counts down the armed write."""
+        if method not in WRITE_METHODS:
+            return False
+        with self._lock:
+            if self._armed is None or self._armed[0] != phase:
+                return False
+            armed_phase, nth, paths = self._armed
+            if paths and path.split("?", 1)[0].rstrip("/") not in paths:
+                return False
+            if nth > 1:
+                self._armed = (armed_phase, nth - 1, paths)
+                return False
+            self._armed = None
+            self.counts[f"paused_{phase}"] += 1
+        return True
+
+    def _hold(self) -> None:
+        self.paused.set()
+        self._release.wait(timeout=120)
+
+    def _serve(self, handler: _Handler) -> None:
+        method = handler.command
+        body = handler.read_body()
+        if self.delay_s and method in self.delay_methods and self._stopping.wait(self.delay_s):
+            handler.reset()
+        fault = self._decide(method)
+        if fault == "status_5xx":
+            handler.answer(503, [("Content-Type", "application/fhir+json")],
+                           b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
+                           b'"code":"transient","diagnostics":"injected 503"}]}')
+            return
+        if fault == "throttle_429":
+            handler.answer(429, [("Retry-After", "1"), ("Content-Type", "application/fhir+json")],
+                           b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
+                           b'"code":"throttled","diagnostics":"injected 429"}]}')
+            return
+        if fault == "reset_before":
+            handler.reset()
+        if self._pause_point(method, handler.path, "before"):
+            self._hold()
+            handler.reset()
+        status, headers, payload = self._forward(handler, body)
+        if method in WRITE_METHODS:
+            self._count("writes_applied")
+        if self._pause_point(method, handler.path, "after"):
+            self._hold()
+            handler.reset()
+        if fault == "reset_after":
+            handler.reset()
+        if fault == "timeout_after":
+            self._stopping.wait(self.hold_s)
+            handler.reset()
+        if fault == "gateway_504_after":
+            handler.answer(504, [("Content-Type", "application/fhir+json")],
+                           b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
+                           b'"code":"timeout","diagnostics":"injected 504 after forwarding"}]}')
+            return
+        handler.answer(status, headers, payload)
+
+    def _forward(self, handler: _Handler, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port,
+                                          timeout=self.upstream_timeout_s)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP}
+            headers["Host"] = f"{self.upstream_host}:{self.upstream_port}"
+            headers["Connection"] = "close"
+            if body or handler.command in WRITE_METHODS:
+                headers["Content-Length"] = str(len(body))
+            conn.request(handler.command, handler.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            self._count("forwarded")
+            return resp.status, list(resp.getheaders()), payload
+        except (OSError, http.client.HTTPException):
+            self._count("upstream_errors")
+            handler.reset()
+        finally:
+            conn.close()
