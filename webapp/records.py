@@ -1,30 +1,171 @@
-"""Records: every record version and its sync state."""
+"""Records: every record version and its sync state; one record's attempts; retry.
+
+Specialists see only their own records (by the staff id their account is
+tied to). Names, birth dates, MRNs, note text and the EHR's OperationOutcome
+text are shown to admins and to the record's own specialist; auditors see ids
+and codes.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+import json
+from datetime import date, datetime, time, timedelta
+from typing import Any
 
-from connector.states import ALL_STATES
-from webapp import get_store
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+
+from connector.reports import (
+    RecordDetail,
+    RecordQuery,
+    count_records,
+    filter_choices,
+    list_records,
+    record_detail,
+)
+from connector.states import ALL_STATES, JobState
+from webapp import get_store, peersync_config
+from webapp.access import me, roles
+from webapp.ehr import sync_pass
+from webapp.views import agency_tz
 
 bp = Blueprint("records", __name__, url_prefix="/records")
 
+FILTERS = ("state", "specialist", "source", "from", "to", "q")
+
+
+def _day(value: str | None) -> date | None:
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _bound(day: date | None, *, next_day: bool = False) -> datetime | None:
+    if day is None:
+        return None
+    if next_day:
+        day += timedelta(days=1)
+    return datetime.combine(day, time.min, agency_tz())
+
 
 @bp.get("/")
+@roles("admin", "auditor", "specialist")
 def index() -> str:
-    store = get_store()
-    state = request.args.get("state") or None
-    if state not in (None, *ALL_STATES):
-        state = None
+    user = me()
+    args = {k: (request.args.get(k) or "").strip() for k in FILTERS}
+    if args["state"] not in ALL_STATES:
+        args["state"] = ""
+    if user.role == "specialist":
+        args["specialist"] = user.specialist_id or ""
+    since, until = _day(args["from"]), _day(args["to"])
+    args["from"] = since.isoformat() if since else ""
+    args["to"] = until.isoformat() if until else ""
+    query = RecordQuery(
+        state=args["state"] or None,
+        specialist_id=args["specialist"] or None,
+        source=args["source"] or None,
+        since=_bound(since),
+        until=_bound(until, next_day=True),
+        text=args["q"][:200] or None,
+        search_outcome_text=user.sees_phi,
+    )
     page = max(1, request.args.get("page", 1, type=int) or 1)
     size = 50
-    rows = store.jobs_overview(state=state, limit=size + 1, offset=(page - 1) * size)
+    store = get_store()
+    rows = list_records(store, query, limit=size + 1, offset=(page - 1) * size)
+    sources, staff = filter_choices(store)
+    if user.role == "specialist":
+        staff = [user.specialist_id or ""]
     return render_template(
         "records.html",
         rows=rows[:size],
         has_next=len(rows) > size,
         page=page,
-        state=state,
+        total=count_records(store, query),
+        args=args,
+        filters={k: v for k, v in args.items() if v},
         states=ALL_STATES,
-        counts=store.counts_by_state(),
+        sources=sources,
+        staff=staff,
+        counts=store.counts_by_state() if user.role != "specialist" else None,
+        # kept for the first page's template and its tests
+        state=args["state"] or None,
     )
+
+
+def _own_detail(job_id: int) -> RecordDetail:
+    """The record, or 404 for one that does not exist or (to a specialist) is not its own."""
+    detail = record_detail(get_store(), job_id)
+    user = me()
+    if detail is None or (user.role == "specialist"
+                          and detail.job["specialist_id"] != user.specialist_id):
+        abort(404)
+    return detail
+
+
+def _redacted(payload: dict[str, Any]) -> dict[str, Any]:
+    """Ids and codes only (for auditors): no names, birth dates, MRNs or note text."""
+    participant = payload.get("participant") or {}
+    specialist = payload.get("specialist") or {}
+    note = payload.get("note") or {}
+    return {
+        "participant": {"id": participant.get("id")},
+        "specialist": {"id": specialist.get("id"), "npi": specialist.get("npi"),
+                       "credential": specialist.get("credential")},
+        "service": payload.get("service") or {},
+        "start": payload.get("start"),
+        "end": payload.get("end"),
+        "status": payload.get("status", "completed"),
+        "note": {k: note[k] for k in ("id", "version", "content_type", "signed_at",
+                                      "documentation_minutes") if k in note},
+        "goals": payload.get("goals") or [],
+        "part2": payload.get("part2", False),
+        "consent": payload.get("consent") or {},
+    }
+
+
+@bp.get("/<int:job_id>")
+@roles("admin", "auditor", "specialist")
+def detail(job_id: int) -> str:
+    record = _own_detail(job_id)
+    user = me()
+    payload = json.loads(record.job.pop("payload"))
+    shown = dict(payload) if user.sees_phi else _redacted(payload)
+    for key, empty in (("service", {}), ("consent", {}), ("goals", []), ("specialist", {})):
+        if not shown.get(key):
+            shown[key] = empty
+    store = get_store()
+    ledger = store.ledger_for_record(record.job["source"], record.job["record_id"])
+    base_url = peersync_config().ehr.base_url
+    refresh = record.job["state"] in (JobState.PENDING.value, JobState.IN_FLIGHT.value)
+    return render_template(
+        "record.html",
+        record=record,
+        job=record.job,
+        record_data=shown,
+        sees_phi=user.sees_phi,
+        outcome_text=record.outcome_text if user.sees_phi else None,
+        attempts=record.attempts,
+        ledger=ledger,
+        base_url=base_url,
+        mode=peersync_config().ehr.mode,
+        can_retry=user.role in ("admin", "specialist")
+        and record.job["state"] == JobState.NEEDS_ATTENTION.value,
+        refresh=refresh,
+    )
+
+
+@bp.post("/<int:job_id>/retry")
+@roles("admin", "specialist")
+def retry(job_id: int) -> Any:
+    _own_detail(job_id)
+    user = me()
+    count = get_store().requeue([job_id], actor=user.actor)
+    if count:
+        flash("Re-queued for the EHR.", "info")
+        problem = sync_pass(user.actor)
+        if problem:
+            flash(problem, "error")
+    else:
+        flash("Only a record that needs attention can be retried.", "error")
+    return redirect(url_for("records.detail", job_id=job_id))

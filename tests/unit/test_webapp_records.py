@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from flask.testing import FlaskClient
 
-from connector.cli import main
-from tests.conftest import DATA
-from webapp import create_app
+from tests.webapp_support import import_examples, logged_in, make_app, make_home
 
 
 @pytest.fixture
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("PEERSYNC_HOME", str(tmp_path))
-    runner = CliRunner()
-    assert runner.invoke(main, ["init"]).exit_code == 0
-    runner.invoke(main, ["import", str(DATA / "batch.jsonl")])
-    app = create_app({"TESTING": True, "PEERSYNC_CONFIG": str(tmp_path / "peersync.toml")})
-    yield app.test_client()
-    app.extensions["peersync_store"].close()
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlaskClient]:
+    from webapp import close_app
+
+    home = make_home(tmp_path, monkeypatch)
+    import_examples(home, "batch.jsonl")
+    app = make_app(home)
+    yield logged_in(app, "auditor")
+    close_app(app)
 
 
-def test_records_page_lists_records_with_their_state(client) -> None:  # type: ignore[no-untyped-def]
+def test_records_page_lists_records_with_their_state(client: FlaskClient) -> None:
     page = client.get("/records/")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
@@ -34,9 +33,9 @@ def test_records_page_lists_records_with_their_state(client) -> None:  # type: i
     assert "Okafor" not in html and "morning routine" not in html
 
 
-def test_state_filter_and_security_headers(client) -> None:  # type: ignore[no-untyped-def]
+def test_state_filter_and_security_headers(client: FlaskClient) -> None:
     page = client.get("/records/?state=synced")
     assert "No records in state synced" in page.get_data(as_text=True)
     assert page.headers["X-Frame-Options"] == "DENY"
-    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
-    assert client.get("/").status_code == 200
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert client.get("/").status_code == 302  # to the dashboard

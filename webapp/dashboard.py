@@ -1,0 +1,29 @@
+"""Dashboard: the sync at a glance (states, queue, last sync, oldest waiting, EHR, per day)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template
+
+from connector.reports import dashboard
+from connector.states import ALL_STATES
+from webapp import get_store
+from webapp.access import roles
+from webapp.charts import bar_chart
+from webapp.ehr import ehr_status
+from webapp.views import agency_tz
+
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+
+
+@bp.get("/")
+@roles("admin", "auditor")
+def index() -> str:
+    data = dashboard(get_store(), tz=agency_tz(), days=14)
+    chart = bar_chart(
+        [day.strftime("%d %b") for day, _ in data.synced_per_day],
+        [("synced", [float(n) for _, n in data.synced_per_day])],
+        title="Records synced per day",
+        unit="records",
+    )
+    return render_template("dashboard.html", data=data, states=ALL_STATES, ehr=ehr_status(),
+                           chart=chart)

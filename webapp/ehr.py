@@ -1,0 +1,86 @@
+"""The app's way to the EHR: a client per use, one sync pass after an action, a reachability check.
+
+The worker (``peersync worker``) sends records in the background. After a
+form is submitted, a failed record retried or a participant linked, the app
+also runs *one* sync pass itself (``SYNC_ON_ACTION``, on by default), so the
+person who acted sees the outcome at once; the claim is atomic, so this never
+races a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+
+from connector.errors import ConfigError, ConnectorError, EhrAuthError, EhrError
+from webapp import get_store, peersync_config, peersync_profile
+
+
+def ehr_client(*, timeout_s: float | None = None) -> Any:
+    """A FHIR client for the configured EHR; close it (``with``). Raises ConfigError."""
+    from connector.actions import make_client
+
+    return make_client(peersync_config(), peersync_profile(), timeout_s=timeout_s)
+
+
+def sync_pass(actor: str) -> str | None:
+    """One sync pass (one batch of due records) if enabled; a message if it could not run."""
+    if not current_app.config.get("SYNC_ON_ACTION"):
+        return None
+    import uuid
+
+    from connector.sync import SyncEngine, SyncSummary
+
+    try:
+        with ehr_client() as client:
+            engine = SyncEngine(store=get_store(), client=client, profile=peersync_profile(),
+                                config=peersync_config(), worker=actor)
+            engine.run_once(uuid.uuid4().hex, SyncSummary(), include_waiting=False)
+    except (ConfigError, ConnectorError) as exc:
+        current_app.logger.warning("sync after an action did not run: %s", exc)
+        return "The EHR could not be reached now; the worker will send it."
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class EhrStatus:
+    reachable: bool
+    detail: str
+    checked_at: float
+
+
+def ehr_status() -> EhrStatus:
+    """Is the EHR answering ``GET [base]/metadata`` (a CapabilityStatement)? Cached briefly."""
+    cache = current_app.extensions.setdefault("peersync_ehr_status", {})
+    ttl = float(current_app.config["EHR_CHECK_TTL_S"])
+    cached: EhrStatus | None = cache.get("status")
+    if cached is not None and time.monotonic() - cached.checked_at < ttl:
+        return cached
+    from connector.fhir_client import FhirClient
+
+    config = peersync_config()
+    timeout = float(current_app.config["EHR_CHECK_TIMEOUT_S"])
+    started = time.perf_counter()
+    try:
+        ca_file = str(config.folder / config.ehr.ca_file) if config.ehr.ca_file else None
+        with FhirClient(base_url=config.ehr.base_url, timeout_s=timeout,
+                        ca_file=ca_file, connect_retries=0) as client:
+            capability = client.capability_statement()
+    except EhrAuthError:
+        status = EhrStatus(True, "answers; its CapabilityStatement needs a token",
+                           time.monotonic())
+    except (EhrError, ConfigError) as exc:
+        status = EhrStatus(False, str(exc)[:200], time.monotonic())
+    else:
+        software = capability.get("software") or {}
+        name = software.get("name") if isinstance(software, dict) else None
+        fhir = capability.get("fhirVersion") or "?"
+        ms = (time.perf_counter() - started) * 1000
+        status = EhrStatus(True, f"CapabilityStatement (FHIR {fhir}"
+                           + (f", {str(name)[:40]}" if name else "") + f") in {ms:.0f} ms",
+                           time.monotonic())
+    cache["status"] = status
+    return status

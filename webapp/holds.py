@@ -1,0 +1,90 @@
+"""Held back: records waiting for a participant's consent, or for the EHR's own Encounter.
+
+Each list says what would release its records. An admin may record an active
+consent (the same store function as ``peersync consent``) or ask for an
+encounter look-up at once; auditors see the lists with ids only.
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+
+from connector.reports import held_records
+from connector.states import JobState
+from webapp import get_store
+from webapp.access import me, roles
+from webapp.ehr import sync_pass
+
+bp = Blueprint("holds", __name__, url_prefix="/holds")
+
+
+def _by_participant(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups = []
+    for (source, participant_id), items in groupby(
+            rows, key=lambda r: (r["source"], r["participant_id"])):
+        records = list(items)
+        groups.append({"source": source, "participant_id": participant_id, "records": records,
+                       "consent_status": records[0]["consent_status"],
+                       "consent_updated": records[0]["consent_updated"]})
+    return groups
+
+
+@bp.get("/consent")
+@roles("admin", "auditor")
+def consent() -> str:
+    rows = held_records(get_store(), JobState.WAITING_CONSENT)
+    return render_template("holds_consent.html", groups=_by_participant(rows),
+                           can_act=me().role == "admin")
+
+
+@bp.post("/consent")
+@roles("admin")
+def record_consent() -> Any:
+    source = request.form.get("source", "")
+    participant_id = request.form.get("participant", "")
+    consent_id = request.form.get("consent_id", "").strip() or None
+    if not (source and participant_id) or request.form.get("confirm") != "on":
+        flash("Tick the box to confirm that the participant's written consent is on file.",
+              "error")
+        return redirect(url_for("holds.consent"))
+    if consent_id is not None and len(consent_id) > 64:
+        abort(400)
+    user = me()
+    released = get_store().set_consent(source=source, participant_id=participant_id,
+                                       status="active", actor=user.actor,
+                                       consent_id=consent_id)
+    flash(f"Consent recorded for participant {participant_id} ({source}); "
+          f"{released} record(s) released.", "info")
+    problem = sync_pass(user.actor)
+    if problem:
+        flash(problem, "error")
+    return redirect(url_for("holds.consent"))
+
+
+@bp.get("/encounter")
+@roles("admin", "auditor")
+def encounter() -> str:
+    rows = held_records(get_store(), JobState.WAITING_ENCOUNTER)
+    return render_template("holds_encounter.html", groups=_by_participant(rows),
+                           can_act=me().role == "admin")
+
+
+@bp.post("/encounter")
+@roles("admin")
+def look_again() -> Any:
+    source = request.form.get("source", "")
+    participant_id = request.form.get("participant", "")
+    if not (source and participant_id):
+        abort(400)
+    user = me()
+    released = get_store().release_waiting(
+        JobState.WAITING_ENCOUNTER, actor=user.actor, why="encounter look-up asked for",
+        source=source, participant_id=participant_id)
+    flash(f"{released} record(s) of participant {participant_id} put back in line.", "info")
+    problem = sync_pass(user.actor)
+    if problem:
+        flash(problem, "error")
+    return redirect(url_for("holds.encounter"))
