@@ -38,6 +38,7 @@ from connector.audit import append as append_audit
 from connector.errors import ConnectorError
 from connector.records import EncounterRecord
 from connector.schema import (
+    audit_chain_head,
     audit_events,
     consents,
     jobs,
@@ -185,12 +186,23 @@ class Store:
             ) from exc
 
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """A write transaction (on SQLite it holds the write lock from its first statement)."""
+    def begin(self, *, audited: bool = True) -> Iterator[Connection]:
+        """A write transaction.
+
+        On SQLite it holds the database write lock from its first statement. On
+        PostgreSQL an ``audited`` one (the default: nearly every write appends
+        audit rows) takes the audit chain head's row lock first, before any job
+        row: appends serialise on that row anyway, and taking it first means no
+        transaction ever holds a job row while it waits for the head (seen:
+        DeadlockDetected between a claim and a finishing batch).
+        """
         try:
             with self.engine.connect() as conn:
                 conn.execution_options(peersync_write=True)
                 with conn.begin():
+                    if audited and self.dialect == "postgresql":
+                        conn.execute(select(audit_chain_head.c.id)
+                                     .where(audit_chain_head.c.id == 1).with_for_update())
                     yield conn
         except IntegrityError:
             raise
@@ -615,10 +627,17 @@ class Store:
             .limit(limit)
         )
         if self.dialect == "postgresql":
-            candidates = candidates.with_for_update(skip_locked=True)
+            # Choose and lock the rows once, in a materialized CTE (the usual
+            # queue pattern): a subquery in `WHERE id IN (...)` is the planner's
+            # to re-evaluate, and with SKIP LOCKED and LIMIT that is not stable.
+            due_ids = (candidates.with_for_update(skip_locked=True)
+                       .cte("due_jobs").prefix_with("MATERIALIZED"))
+            chosen = jobs.c.id.in_(select(due_ids.c.id))
+        else:
+            chosen = jobs.c.id.in_(candidates.scalar_subquery())
         statement = (
             update(jobs)
-            .where(jobs.c.id.in_(candidates.scalar_subquery()))
+            .where(chosen)
             .values(
                 claimed_from=jobs.c.state,
                 state=JobState.IN_FLIGHT.value,
@@ -656,14 +675,23 @@ class Store:
 
     def renew_lease(self, job_ids: Sequence[int], *, worker: str, lease_s: float) -> int:
         now = utcnow()
-        with self.begin() as conn:
+        held = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.id.in_(list(job_ids)),
+                jobs.c.lease_owner == worker,
+                jobs.c.state == JobState.IN_FLIGHT.value,
+            )
+        )
+        if self.dialect == "postgresql":
+            # A row locked right now is being finished by this worker's own main
+            # thread: skip it, or the two transactions deadlock on the batch's rows
+            # (seen: DeadlockDetected, then the batch abandoned until its lease ran out).
+            held = held.with_for_update(skip_locked=True)
+        with self.begin(audited=False) as conn:
             return conn.execute(
                 update(jobs)
-                .where(
-                    jobs.c.id.in_(list(job_ids)),
-                    jobs.c.lease_owner == worker,
-                    jobs.c.state == JobState.IN_FLIGHT.value,
-                )
+                .where(jobs.c.id.in_(held.scalar_subquery()))
                 .values(lease_expires_at=now + timedelta(seconds=lease_s))
             ).rowcount
 
