@@ -83,6 +83,10 @@ class Write:
     value: str = ""
     ehr_id: str | None = None  # known from the ledger: update by id
     done: bool = False  # staged modes: already in the EHR (ledger-confirmed)
+    # the version we last wrote or saw: an update by id is sent with If-Match,
+    # so an edit made in the EHR meanwhile is never overwritten unseen
+    if_match: str | None = None
+    refreshed: bool = False  # the version was re-read after an If-Match conflict
 
     @property
     def token(self) -> str:
@@ -94,7 +98,10 @@ class Write:
         if self.resource_type == "Provenance":
             return {"method": "POST", "url": "Provenance"}
         if self.ehr_id:
-            return {"method": "PUT", "url": f"{self.resource_type}/{self.ehr_id}"}
+            request = {"method": "PUT", "url": f"{self.resource_type}/{self.ehr_id}"}
+            if self.if_match:
+                request["ifMatch"] = f'W/"{self.if_match}"'
+            return request
         if conditional:
             return {"method": "PUT", "url": f"{self.resource_type}?identifier={self.token}"}
         return {"method": "POST", "url": self.resource_type}
@@ -510,6 +517,9 @@ class SyncEngine:
         try:
             response = self.client.transaction(bundle)
         except EhrRejected as exc:
+            if len(plans) == 1 and self._refresh_versions(plans[0], exc):
+                self._send_transaction(plans, summary)  # once, with the current versions
+                return
             if len(plans) > 1:
                 # All or nothing: find the bad record by sending each alone.
                 log.info(
@@ -614,7 +624,14 @@ class SyncEngine:
                 result = self.client.create(write.resource)
             elif write.ehr_id:
                 write.resource["id"] = write.ehr_id
-                result = self.client.update(write.resource, resource_id=write.ehr_id)
+                try:
+                    result = self.client.update(write.resource, resource_id=write.ehr_id,
+                                                if_match=write.if_match)
+                except EhrConflict as exc:
+                    if not self._refresh_write(write, exc):
+                        raise
+                    result = self.client.update(write.resource, resource_id=write.ehr_id,
+                                                if_match=write.if_match)
             elif self.ehr.conditional:
                 result = self.client.update(write.resource,
                                             conditional=f"identifier={write.token}")
@@ -649,9 +666,42 @@ class SyncEngine:
             for write, result in zip(chunk, results, strict=True):
                 if result.ok:
                     outcomes.append((result.id, result.version_id))
+                    continue
+                error = entry_error(result, write, self.client.base_url)
+                if isinstance(error, EhrConflict) and self._refresh_write(write, error):
+                    outcomes.append(self._send_one(write, summary))  # once, alone
                 else:
-                    outcomes.append(entry_error(result, write, self.client.base_url))
+                    outcomes.append(error)
         return outcomes
+
+    def _refresh_write(self, write: Write, error: EhrConflict) -> bool:
+        """After an If-Match conflict: re-read the current version, once per write.
+
+        True when the write should be sent again with it. A 412 for multiple
+        matches is a data problem, not a version conflict: never re-sent.
+        """
+        codes = error.outcome.codes if error.outcome else []
+        if write.refreshed or not write.ehr_id or not write.if_match or \
+                "multiple-matches" in codes or "duplicate" in codes:
+            return False
+        current = self.client.read(write.resource_type, write.ehr_id)
+        write.if_match = (current.get("meta") or {}).get("versionId")
+        write.refreshed = True
+        log.info("%s/%s changed in the EHR meanwhile (If-Match conflict); re-sending once",
+                 write.resource_type, write.ehr_id)
+        return True
+
+    def _refresh_versions(self, plan: Plan, error: EhrRejected) -> bool:
+        """A refused single-record transaction: was it a version conflict worth one re-send?"""
+        if not isinstance(error, EhrConflict):
+            return False
+        refreshed = False
+        for write in plan.writes:
+            if write.ehr_id and write.if_match:
+                if not self._refresh_write(write, error):
+                    return False
+                refreshed = True
+        return refreshed
 
     def _skip_done(self, plan: Plan) -> None:
         """Resume a staged plan: skip what the ledger confirms, settle what is in doubt."""
@@ -952,6 +1002,7 @@ def plan_record(
             enc_system,
             enc_value,
             ehr_id=enc_ledger.ehr_id if enc_ledger else None,
+            if_match=enc_ledger.ehr_version if enc_ledger else None,
         )
         writes.append(enc_write)
         proof = enc_write
@@ -983,6 +1034,7 @@ def plan_record(
             entry.identifier_system,
             entry.identifier_value,
             ehr_id=entry.ehr_id,
+            if_match=entry.ehr_version,
         )
 
     # Standing: sent and not (for sure) superseded or retracted. An unconfirmed
@@ -1011,6 +1063,7 @@ def plan_record(
             nv_system,
             nv_value,
             ehr_id=same.ehr_id if same else None,
+            if_match=same.ehr_version if same else None,
         )
         writes.append(doc_write)
         if not same or proof is None:

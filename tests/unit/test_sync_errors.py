@@ -231,3 +231,37 @@ def test_a_record_fhir_cannot_take_needs_attention_and_others_go_on(
     odd = rows["odd-tool"]
     assert odd["state"] == JobState.NEEDS_ATTENTION
     assert odd["reason"] == "cannot be mapped to FHIR R4: class, status"  # paths, no values
+
+
+def test_an_if_match_conflict_is_reread_and_resent_once_then_needs_attention(
+        engine: SyncEngine) -> None:
+    engine.store.add_records([load_example("in-person-session.json")], actor="t")
+    created = {"resourceType": "Bundle", "type": "transaction-response", "entry": [
+        {"response": {"status": "201 Created", "location": f"{t}/{t.lower()}-1/_history/1"}}
+        for t in ("Encounter", "DocumentReference", "Provenance")]}
+    with responses.RequestsMock() as rsps:
+        _mock_lookups(rsps)
+        rsps.post(BASE, json=created)
+        engine.run(max_wait_s=0)
+    engine.store.add_records([load_example("amendment.json")], actor="t")
+    sent: list[list[str]] = []
+
+    def conflict(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        bundle = json.loads(request.body or b"{}")
+        sent.append([e["request"].get("ifMatch", "") for e in bundle["entry"]])
+        return 412, {}, json.dumps(_outcome("conflict", "version conflict"))
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        _mock_lookups(rsps)
+        rsps.add_callback(responses.POST, BASE, callback=conflict)
+        for kind, ehr_id in (("Encounter", "encounter-1"), ("DocumentReference",
+                                                             "documentreference-1")):
+            rsps.get(f"{BASE}/{kind}/{ehr_id}",
+                     json={"resourceType": kind, "id": ehr_id, "meta": {"versionId": "7"}})
+        engine.run(max_wait_s=0)
+    # sent with the ledger's version, then once more with the version re-read; no third time
+    assert [m for m in sent[0] if m] == ['W/"1"', 'W/"1"']
+    assert [m for m in sent[1] if m] == ['W/"7"', 'W/"7"']
+    assert len(sent) == 2
+    states = sorted(r["state"] for r in engine.store.jobs_overview())
+    assert states == ["needs_attention", "synced"]

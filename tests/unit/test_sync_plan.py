@@ -102,7 +102,10 @@ def test_amendment_supersedes_the_sent_version_and_replaces_it(profile) -> None:
     # the old note's content is the old note, byte for byte
     assert old["content"] == _plan(v1, profile)[0][1].resource["content"]
     bundle = bundle_for(writes, conditional=True)
-    assert bundle["entry"][0]["request"] == {"method": "PUT", "url": "Encounter/enc-1"}
+    # an update by id carries the version the ledger last saw (optimistic concurrency)
+    assert bundle["entry"][0]["request"] == {"method": "PUT", "url": "Encounter/enc-1",
+                                             "ifMatch": 'W/"1"'}
+    assert bundle["entry"][2]["request"]["ifMatch"] == 'W/"1"'  # the superseded note
     assert "fullUrl" not in bundle["entry"][0]
     assert proof is writes[1]
 
