@@ -532,13 +532,13 @@ def status(as_json: bool) -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
     """Serve the admin web app."""
-    from connector.config import is_loopback
+    from connector.config import is_loopback_host
     from webapp import create_app
 
     config = _config()
     # Beyond loopback, cookies go only over HTTPS (put a TLS-terminating proxy in front).
     app = create_app({"PEERSYNC_CONFIG": str(config.path),
-                      "SESSION_COOKIE_SECURE": not is_loopback(host)})
+                      "SESSION_COOKIE_SECURE": not is_loopback_host(host)})
     click.echo(f"PeerSync admin: http://{host}:{port}/")
     app.run(host=host, port=port, debug=False, use_reloader=False)
 

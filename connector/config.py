@@ -94,28 +94,49 @@ def _fail(path: Path, key: str, message: str) -> ConfigError:
     return ConfigError(f"{path}: {key}: {message}")
 
 
-def check_url_scheme(url: str, *, where: str = "ehr.base_url") -> str:
-    """Refuse plain http:// anywhere but loopback (PHI must not cross a network in clear)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        raise ConfigError(f"{where}: not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: must be an http(s) URL with a host")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ConfigError(
-            f"{where}: plain http:// is allowed only for a loopback host; use https://"
-        )
-    return url.rstrip("/")
-
-
-def is_loopback(host: str) -> bool:
+def is_loopback_host(host: str | None) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1."""
+    if not host:
+        return False
+    host = host.strip("[]").rstrip(".").lower()
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_ehr_url(url: str, *, key: str = "ehr.base_url") -> str:
+    """Validate an EHR URL (base URL, token URL); returns it without a trailing slash.
+
+    The one rule the config, the auth and the FHIR client share. Plain http://
+    is refused except for loopback: PHI and tokens travel on it.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{key}: required")
+    try:
+        parts = urlsplit(url.strip())
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"{key}: not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise ConfigError(f"{key}: must be an absolute https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{key}: must not carry credentials (use [ehr.auth])")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{key}: must not have a query or a fragment")
+    if parts.scheme == "http" and not is_loopback_host(hostname):
+        raise ConfigError(
+            f"{key}: http:// is allowed only for loopback (127.0.0.0/8, ::1, localhost); "
+            "use https://"
+        )
+    return url.strip().rstrip("/")
+
+
+def check_url_scheme(url: str, *, where: str = "ehr.base_url") -> str:
+    """The EHR URL rule, as the config parser names its key."""
+    return check_ehr_url(url, key=where)
 
 
 def _take(

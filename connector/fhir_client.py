@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import email.utils
 import http.client
-import ipaddress
 import json
 import logging
 import re
@@ -42,6 +41,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from .config import check_ehr_url, is_loopback_host
 from .errors import (
     ConfigError,
     ConnectorError,
@@ -156,41 +156,6 @@ class EntryResult:
 
 
 # ---------------------------------------------------------------- URL helpers
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1."""
-    if not host:
-        return False
-    host = host.strip("[]").rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_ehr_url(url: str, *, key: str = "ehr.base_url") -> str:
-    """Validate an EHR URL from config; returns it without a trailing slash.
-
-    Plain http:// is refused except for loopback: PHI and tokens travel on it.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"{key}: required")
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{key}: must be an absolute https:// URL")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{key}: must not carry credentials (use [ehr.auth])")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{key}: must not have a query or a fragment")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ConfigError(
-            f"{key}: http:// is allowed only for loopback (127.0.0.0/8, ::1, localhost); "
-            "use https://"
-        )
-    return url.strip().rstrip("/")
 
 
 def encode_query(params: QueryParams) -> str:
