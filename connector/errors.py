@@ -237,3 +237,16 @@ class EhrConflict(EhrRejected):
 
     A data problem for an admin, not a retry.
     """
+
+
+def error_class_for(status: int) -> type[EhrHttpError]:
+    """The exception class for an HTTP error status: whole responses and batch entries alike."""
+    if status in (401, 403):
+        return EhrAuthError
+    if status == 429 or status >= 500:
+        return EhrTransient
+    if status == 404:
+        return EhrNotFound
+    if status in (409, 412):
+        return EhrConflict
+    return EhrRejected

@@ -46,15 +46,14 @@ from .errors import (
     ConfigError,
     ConnectorError,
     EhrAuthError,
-    EhrConflict,
     EhrError,
     EhrHttpError,
-    EhrNotFound,
     EhrOutcomeUnknown,
     EhrRejected,
     EhrTransient,
     EhrUnavailable,
     Outcome,
+    error_class_for,
 )
 
 __all__ = [
@@ -455,13 +454,9 @@ def http_error(
         if retry_after is not None:
             details.insert(0, f"retry after {retry_after:g} s")
         return EhrTransient(message("EHR could not process"), retry_after=retry_after, **kwargs)
-    if status == 404:
-        return EhrNotFound(message("EHR refused"), **kwargs)
-    if status in (409, 412):
-        return EhrConflict(message("EHR refused"), **kwargs)
     if status < 400:
         details.insert(0, "unexpected for this interaction")
-    return EhrRejected(message("EHR refused"), **kwargs)
+    return error_class_for(status)(message("EHR refused"), **kwargs)
 
 
 # ---------------------------------------------------------------- the session

@@ -1167,32 +1167,17 @@ def _literalize(node: Any, ids: dict[str, str]) -> None:
 
 def entry_error(result: Any, write: Write, base_url: str) -> ConnectorError:
     """A failed batch entry as the same exception a single request would have raised."""
-    from connector.errors import (
-        EhrAuthError,
-        EhrConflict,
-        EhrNotFound,
-        EhrTransient,
-    )
+    from connector.errors import error_class_for
 
     status = int(result.status or 0)
     codes = result.outcome.codes if result.outcome else []
     message = (f"EHR refused batch entry {write.request(conditional=False)['method']} "
                f"{write.resource_type} ({status}"
                + (f"; OperationOutcome codes: {', '.join(codes)}" if codes else "") + ")")
-    cls: type[EhrHttpError]
     if status == 0:
         return EhrOutcomeUnknown(f"batch entry for {write.resource_type} has no status",
                                  method="POST", url=base_url)
-    if status == 429 or status >= 500:
-        cls = EhrTransient
-    elif status in (401, 403):
-        cls = EhrAuthError
-    elif status == 404:
-        cls = EhrNotFound
-    elif status in (409, 412):
-        cls = EhrConflict
-    else:
-        cls = EhrRejected
+    cls = error_class_for(status)
     return cls(message, status=status, method="POST", url=base_url, outcome=result.outcome)
 
 
