@@ -9,7 +9,6 @@ The CLI and the web app call these methods; neither writes SQL of its own.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -1068,6 +1067,3 @@ def _version_row(record: EncounterRecord, *, now: datetime, actor: str) -> dict[
         "documentation_minutes": note.minutes_spent if note else None,
     }
 
-
-def dumps_detail(detail: dict[str, Any]) -> str:
-    return json.dumps(detail, sort_keys=True, separators=(",", ":"))

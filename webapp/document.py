@@ -208,9 +208,7 @@ def submit() -> Any:
         else:
             store = get_store()
             store.add_records([record], actor=user.actor)
-            problem = sync_pass(user.actor)
-            if problem:
-                flash(problem, "error")
+            sync_pass(user.actor)
             jobs = record_states(store, WEB_SOURCE, [record_id]).get(record_id) or []
             flash("Encounter documented.", "info")
             if jobs:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
+from flask import current_app, flash
 
 from connector.errors import ConfigError, ConnectorError, EhrAuthError, EhrError
 from webapp import get_store, peersync_config, peersync_profile
@@ -26,10 +26,14 @@ def ehr_client(*, timeout_s: float | None = None) -> Any:
     return make_client(peersync_config(), peersync_profile(), timeout_s=timeout_s)
 
 
-def sync_pass(actor: str) -> str | None:
-    """One sync pass (one batch of due records) if enabled; a message if it could not run."""
+def sync_pass(actor: str) -> None:
+    """One sync pass (one batch of due records) after a user's action, if enabled.
+
+    If the EHR cannot be reached, the user is told (flashed) that the worker will
+    send it later; nothing is lost either way.
+    """
     if not current_app.config.get("SYNC_ON_ACTION"):
-        return None
+        return
     import uuid
 
     from connector.sync import SyncEngine, SyncSummary
@@ -41,8 +45,7 @@ def sync_pass(actor: str) -> str | None:
             engine.run_once(uuid.uuid4().hex, SyncSummary(), include_waiting=False)
     except (ConfigError, ConnectorError) as exc:
         current_app.logger.warning("sync after an action did not run: %s", exc)
-        return "The EHR could not be reached now; the worker will send it."
-    return None
+        flash("The EHR could not be reached now; the worker will send it.", "error")
 
 
 @dataclass(frozen=True, slots=True)

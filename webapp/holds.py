@@ -58,9 +58,7 @@ def record_consent() -> Any:
                                        consent_id=consent_id)
     flash(f"Consent recorded for participant {participant_id} ({source}); "
           f"{released} record(s) released.", "info")
-    problem = sync_pass(user.actor)
-    if problem:
-        flash(problem, "error")
+    sync_pass(user.actor)
     return redirect(url_for("holds.consent"))
 
 
@@ -84,7 +82,5 @@ def look_again() -> Any:
         JobState.WAITING_ENCOUNTER, actor=user.actor, why="encounter look-up asked for",
         source=source, participant_id=participant_id)
     flash(f"{released} record(s) of participant {participant_id} put back in line.", "info")
-    problem = sync_pass(user.actor)
-    if problem:
-        flash(problem, "error")
+    sync_pass(user.actor)
     return redirect(url_for("holds.encounter"))

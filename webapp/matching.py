@@ -130,9 +130,7 @@ def link_patient_view() -> Any:
         return redirect(url_for("matching.patient", source=source, participant=participant_id))
     flash(f"Linked participant {participant_id} ({source}) to {linked.reference}; "
           f"{linked.released} waiting record(s) released.", "info")
-    problem = sync_pass(user.actor)
-    if problem:
-        flash(problem, "error")
+    sync_pass(user.actor)
     return redirect(url_for("matching.index"))
 
 
@@ -181,7 +179,5 @@ def link_staff_view() -> Any:
         return redirect(url_for("matching.staff", specialist=specialist_id))
     flash(f"Linked staff id {specialist_id} to {linked.reference}; "
           f"{linked.released} waiting record(s) released.", "info")
-    problem = sync_pass(user.actor)
-    if problem:
-        flash(problem, "error")
+    sync_pass(user.actor)
     return redirect(url_for("matching.index"))

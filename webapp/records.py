@@ -163,9 +163,7 @@ def retry(job_id: int) -> Any:
     count = get_store().requeue([job_id], actor=user.actor)
     if count:
         flash("Re-queued for the EHR.", "info")
-        problem = sync_pass(user.actor)
-        if problem:
-            flash(problem, "error")
+        sync_pass(user.actor)
     else:
         flash("Only a record that needs attention can be retried.", "error")
     return redirect(url_for("records.detail", job_id=job_id))
