@@ -64,6 +64,16 @@ CONDITIONAL_TYPES = ("Encounter", "DocumentReference", "Practitioner")
 SHOWN_AUTH_KEYS = ("type", "username", "client_id", "key_id", "algorithm", "token_url", "scope")
 
 
+def auth_key_shown_as(key: str) -> str:
+    """How an ``[ehr.auth]`` key may be shown: "file" (its path), "env" (the variable's
+    name), "value" (not a secret), or "hidden". The one masking rule for every output."""
+    if key.endswith("_file"):
+        return "file"
+    if key.endswith("_env"):
+        return "env"
+    return "value" if key in SHOWN_AUTH_KEYS else "hidden"
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     name: str
@@ -439,11 +449,12 @@ def describe_auth(cfg: Mapping[str, Any], auth: object = None) -> str:
     for key, value in cfg.items():
         if key in ("type", "scope"):
             continue
-        if key.endswith("_file"):
+        how = auth_key_shown_as(key)
+        if how == "file":
             parts.append(f"{key.removesuffix('_file')} from file {value}")
-        elif key.endswith("_env"):
+        elif how == "env":
             parts.append(f"{key.removesuffix('_env')} from ${value}")
-        elif key in SHOWN_AUTH_KEYS:
+        elif how == "value":
             parts.append(f"{key} {value}")
         else:
             parts.append(f"{key} <hidden>")
@@ -652,11 +663,12 @@ def render_config(config: Config, *, environ: Mapping[str, str] | None = None) -
         lines.append(f"{key} = {_toml(getattr(ehr, key))}")
     lines += ["", "[ehr.auth]"]
     for key, value in ehr.auth.items():
-        if key.endswith("_file"):
+        how = auth_key_shown_as(key)
+        if how == "file":
             lines.append(f"{key} = {_toml(value)}  # the file's path; its content is not shown")
-        elif key.endswith("_env"):
+        elif how == "env":
             lines.append(f"{key} = {_toml(value)}  # the variable's name; its value is not shown")
-        elif key in SHOWN_AUTH_KEYS:
+        elif how == "value":
             lines.append(f"{key} = {_toml(value)}")
         else:
             lines.append(f'{key} = "<hidden>"')
