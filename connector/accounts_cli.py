@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 
 
 def _store() -> Store:
-    from connector.cli import _config, _store
+    from connector.cli_common import open_store
 
-    return _store(_config())
+    return open_store()
 
 
 def _read_password() -> str:

@@ -20,26 +20,10 @@ if TYPE_CHECKING:
 
 def make_client(config: Config, profile: Profile, *, timeout_s: float | None = None
                 ) -> FhirClient:
-    """The FHIR client for the configured EHR (auth, CA file, timeouts). Raises ConfigError.
+    """The FHIR client for the configured EHR: :class:`connector.wiring.Wiring`'s."""
+    from connector.wiring import Wiring
 
-    The one construction the CLI, the web app and `config check` share.
-    """
-    from connector.auth import build_auth, smart_scopes
-    from connector.fhir_client import FhirClient
-
-    # ca_file is relative to the config's folder (as config validation reads it)
-    ca_file = str(config.folder / config.ehr.ca_file) if config.ehr.ca_file else None
-    timeout = timeout_s or config.ehr.timeout_s
-    auth = build_auth(
-        config.ehr.auth,
-        base_url=config.ehr.base_url,
-        ca_file=ca_file,
-        timeout_s=timeout,
-        base_dir=config.folder,
-        default_scope=smart_scopes(profile.create_patients),
-    )
-    return FhirClient(base_url=config.ehr.base_url, timeout_s=timeout, auth=auth,
-                      ca_file=ca_file)
+    return Wiring(config=config, profile=profile).client(timeout_s=timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from connector.accounts_cli import token_group, user_group
-from connector.actions import make_client
-from connector.audit import KEY_ENV, audit_group, ensure_key_file, load_audit_key
+from connector.audit import KEY_ENV, audit_group, ensure_key_file
+from connector.cli_common import EXIT_CONFIG, EXIT_FAILED, CliError, open_client, open_store, wiring
 from connector.config import CONFIG_NAME, Config, home, load_config, valid_source, write_config
 from connector.errors import ConfigError, ConnectorError, EhrError
 from connector.states import ALL_STATES, WAITING_STATES, JobState
@@ -28,51 +28,23 @@ if TYPE_CHECKING:
     from connector.store import Store
     from mappings.profile import Profile
 
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
-
-class CliError(click.ClickException):
-    exit_code = EXIT_CONFIG
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "CliError", "main"]
 
 
 def _config() -> Config:
-    try:
-        return load_config()
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
+    return wiring().config
 
 
-def _profile(config: Config) -> Profile:
-    from mappings.profile import load_profile
-
-    try:
-        return load_profile(config.profile_path())
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
+def _profile(config: Config | None = None) -> Profile:
+    return wiring().profile
 
 
-def _store(config: Config) -> Store:
-    from connector.store import Store, StoreError
-
-    try:
-        key = load_audit_key(config.folder, config.audit_key_file, os.environ)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
-    store = Store.from_url(config.database_url, audit_key=key)
-    click.get_current_context().call_on_close(store.close)
-    try:
-        store.check_schema()
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
-    return store
+def _store(config: Config | None = None) -> Store:
+    return open_store()
 
 
-def _client(config: Config, profile: Profile | None = None) -> FhirClient:
-    try:
-        return make_client(config, profile or _profile(config))
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
+def _client(config: Config | None = None, profile: Profile | None = None) -> FhirClient:
+    return open_client()
 
 
 @click.group()
@@ -113,8 +85,16 @@ def main(verbose: int) -> None:
     show_default=True,
     help='Agency profile: "default" or a path to a TOML file.',
 )
+@click.option(
+    "--preset",
+    default="generic",
+    show_default=True,
+    help="What the EHR's write API takes: generic | us-core-notes | epic | oracle-health "
+         "(or a path to a preset file); `peersync config check` prints the write plan.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing peersync.toml.")
-def init(ehr_url: str, database_url: str, default_source: str, profile: str, force: bool) -> None:
+def init(ehr_url: str, database_url: str, default_source: str, profile: str, preset: str,
+         force: bool) -> None:
     """Write peersync.toml and create the database in $PEERSYNC_HOME (default: here)."""
     folder = home()
     if not valid_source(default_source):
@@ -126,12 +106,13 @@ def init(ehr_url: str, database_url: str, default_source: str, profile: str, for
             database_url=database_url,
             default_source=default_source,
             profile=profile,
+            preset=preset,
             overwrite=force,
         )
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     config = load_config(path)
-    _profile(config)
+    wiring()
     from connector.store import Store
 
     store = Store.from_url(config.database_url)
@@ -160,12 +141,10 @@ def config_check() -> None:
     Organization and Device (matched or created once). Exit 1 when a check fails."""
     from connector.setup_check import check_setup
 
-    config = _config()
-    profile = _profile(config)
-    store = _store(config)
-    report = check_setup(
-        config, profile=profile, store=store, client_factory=lambda: make_client(config, profile)
-    )
+    wired = wiring()
+    store = open_store()
+    report = check_setup(wired.config, profile=wired.profile, store=store,
+                         client_factory=wired.client, wiring=wired)
     for line in report.lines():
         click.echo(line)
     sys.exit(report.exit_code)
@@ -265,6 +244,7 @@ def map_(source: str | None, files: tuple[Path, ...]) -> None:
 
     config = _config()
     profile = _profile(config)
+    plan = wiring().plan()
     source = source or config.default_source
     org, dev = profile.organization, profile.device
     now = utcnow()
@@ -281,7 +261,7 @@ def map_(source: str | None, files: tuple[Path, ...]) -> None:
         if pending:
             click.echo(
                 json.dumps(
-                    bundle_for(pending, conditional=config.ehr.conditional),
+                    bundle_for(pending, plan),
                     indent=2,
                     ensure_ascii=False,
                 )
@@ -312,18 +292,22 @@ def map_(source: str | None, files: tuple[Path, ...]) -> None:
                 patient=patient,
                 practitioner="Practitioner?identifier="
                 + search_token(*staff_identifier(record.specialist, profile)),
-                organization="Organization?identifier=" + search_token(org.system, org.value),
-                device="Device?identifier=" + search_token(dev.system, dev.value),
+                organization="Organization?identifier=" + search_token(org.system, org.value)
+                if plan.action("Organization") != "none" else "",
+                device="Device?identifier=" + search_token(dev.system, dev.value)
+                if plan.action("Device") != "none" else "",
+                encounter="Encounter?subject=(the EHR's own, matched by time)"
+                if plan.encounter == "ehr" else "",
             )
-            writes, _ = plan_record(
+            writes = plan_record(
                 record,
                 refs,
                 key=f"{file}:{result.position}",
                 profile=profile,
-                note_format=config.ehr.note_content_type,
+                plan=plan,
                 ledger=EmptyLedger(),
                 recorded=now,
-            )
+            ).writes
             if record.key in seen_keys or (
                 len(pending) + len(writes) > config.ehr.max_bundle_entries
             ):
@@ -337,13 +321,15 @@ def map_(source: str | None, files: tuple[Path, ...]) -> None:
 
 
 def _would_wait(record: Any, profile: Profile) -> str | None:
-    if record.part2 and (record.consent is None or record.consent.status != "active"):
-        status = record.consent.status if record.consent and record.consent.status else "none"
-        return f"{JobState.WAITING_CONSENT.value} (Part 2 record, consent {status})"
+    """Why `map` leaves a record out: the sync's own wait rule, plus what needs the EHR."""
+    from connector.sync import wait_rule
+
+    consent = record.consent.status if record.part2 and record.consent else None
+    wait = wait_rule(record, consent=consent, sent_before=False)
+    if wait is not None:
+        return f"{wait.state.value} ({wait.reason})"
     if not record.participant.mrn and not profile.create_patients:
-        return f"{JobState.WAITING_PATIENT.value} (no MRN)"
-    if record.status == "entered_in_error":
-        return "retraction (only meaningful against what the EHR already holds)"
+        return f"{JobState.WAITING_PATIENT.value} (no-mrn)"
     return None
 
 
@@ -356,19 +342,15 @@ def _would_wait(record: Any, profile: Profile) -> str | None:
 )
 def sync(max_wait: float | None) -> None:
     """Send every pending record to the EHR and print a summary."""
-    from connector.sync import SyncEngine
-
-    config = _config()
-    profile = _profile(config)
-    store = _store(config)
+    wired = wiring()
+    config = wired.config
+    store = open_store()
     bound = config.sync.max_wait_s if max_wait is None else max_wait
-    click.echo(
-        f"syncing to {config.ehr.base_url} ({config.ehr.mode} mode); waiting up to "
-        f"{bound:.0f} s for scheduled retries"
-    )
-    with _client(config, profile) as client:
-        engine = SyncEngine(
-            store=store, client=client, profile=profile, config=config, worker=f"sync:{os.getpid()}"
+    with open_client() as client:
+        engine = _engine(store, client, f"sync:{os.getpid()}")
+        click.echo(
+            f"syncing to {config.ehr.base_url} (preset {engine.plan.preset.name}, "
+            f"{engine.plan.mode} mode); waiting up to {bound:.0f} s for scheduled retries"
         )
         try:
             summary = engine.run(max_wait_s=bound)
@@ -383,6 +365,13 @@ def sync(max_wait: float | None) -> None:
     ok_states = {JobState.SYNCED.value} | {s.value for s in WAITING_STATES}
     if any(state not in ok_states for state in summary.states):
         sys.exit(EXIT_FAILED)
+
+
+def _engine(store: Store, client: FhirClient, worker: str) -> Any:
+    try:
+        return wiring().engine(store, client, worker=worker)
+    except ConnectorError as exc:  # mode = "auto": the CapabilityStatement could not be read
+        raise click.ClickException(f"cannot resolve the write plan: {exc}") from None
 
 
 @main.command()
@@ -400,11 +389,8 @@ def worker(poll: float, rescan: float) -> None:
     import threading
     import time
 
-    from connector.sync import SyncEngine
-
     config = _config()
-    profile = _profile(config)
-    store = _store(config)
+    store = open_store()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -414,12 +400,12 @@ def worker(poll: float, rescan: float) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     name = f"worker:{os.uname().nodename}:{os.getpid()}"
-    click.echo(f"{name}: syncing to {config.ehr.base_url} ({config.ehr.mode} mode)")
     last_scan = float("-inf")
     totals: dict[str, int] = {}
-    with _client(config, profile) as client:
-        engine = SyncEngine(store=store, client=client, profile=profile, config=config,
-                            worker=name)
+    with open_client() as client:
+        engine = _engine(store, client, name)
+        click.echo(f"{name}: syncing to {config.ehr.base_url} "
+                   f"(preset {engine.plan.preset.name}, {engine.plan.mode} mode)")
         while not stop.is_set():
             rescan_now = time.monotonic() - last_scan >= rescan
             if rescan_now:
@@ -455,7 +441,8 @@ def retry(job_ids: tuple[int, ...], all_failed: bool) -> None:
 
 @main.group()
 def link() -> None:
-    """Link a participant or a specialist to the EHR's own Patient or Practitioner."""
+    """Link a participant, a specialist or a session to the EHR's own Patient, Practitioner
+    or Encounter."""
 
 
 @link.command("patient")
@@ -477,6 +464,18 @@ def link_staff(specialist_id: str, practitioner_id: str) -> None:
     """Link SPECIALIST_ID (the agency's staff id) to the EHR's Practitioner/PRACTITIONER_ID."""
     _link(_config(), "practitioner", specialist_id, "Practitioner", practitioner_id,
           JobState.WAITING_STAFF, specialist_id=specialist_id)
+
+
+@link.command("encounter")
+@click.argument("record_id")
+@click.argument("encounter_id")
+@click.option("--source", help="The record's source (default: config default_source).")
+def link_encounter(record_id: str, encounter_id: str, source: str | None) -> None:
+    """Attach RECORD_ID's note to the EHR's own Encounter/ENCOUNTER_ID (EHRs that own them)."""
+    config = _config()
+    source = source or config.default_source
+    _link(config, "encounter", f"{source}|{record_id}", "Encounter", encounter_id,
+          JobState.WAITING_ENCOUNTER, source=source, record_id=record_id)
 
 
 def _link(config: Config, kind: str, key: str, resource_type: str, ehr_id: str,

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from connector.errors import ConfigError
 
 CONFIG_NAME = "peersync.toml"
-MODES = ("transaction", "batch", "single")
+MODES = ("transaction", "batch", "single", "auto")
 NOTE_FORMATS = ("text/plain", "application/xhtml+xml")
 AUTH_TYPES = ("none", "basic", "bearer", "client_secret", "smart")
 AUTH_KEYS = {
@@ -49,6 +49,8 @@ def home() -> Path:
 @dataclass(frozen=True, slots=True)
 class EhrConfig:
     base_url: str
+    preset: str = "generic"  # a packaged preset name or a path to a preset file
+    organization_id: str = ""  # the agency's Organization id in the EHR, where it is set by hand
     mode: str = "transaction"
     conditional: bool = True
     max_bundle_entries: int = 50
@@ -57,6 +59,12 @@ class EhrConfig:
     timeout_s: float = 30.0
     ca_file: str = ""
     auth: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
+    # the capability keys set in the file: they override the preset's values
+    explicit: frozenset[str] = frozenset()
+
+
+# [ehr] keys that say what the EHR can do: the preset gives them unless set.
+CAPABILITY_KEYS = ("mode", "conditional", "note_content_type", "create_encounters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +233,8 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
         "ehr.",
         {
             "base_url": str,
+            "preset": str,
+            "organization_id": str,
             "mode": str,
             "conditional": bool,
             "max_bundle_entries": int,
@@ -234,6 +244,8 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
             "ca_file": str,
         },
         {
+            "preset": "generic",
+            "organization_id": "",
             "mode": "transaction",
             "conditional": True,
             "max_bundle_entries": 50,
@@ -252,6 +264,20 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
         ehr["base_url"] = check_url_scheme(base_url, where=where)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    ehr["explicit"] = frozenset(k for k in CAPABILITY_KEYS if k in ehr_raw)
+    from connector.writeplan import PRESETS
+    from connector.writeplan.presets import load_preset
+
+    if ehr["preset"] not in PRESETS and not ehr["preset"].endswith(".toml"):
+        raise _fail(path, "ehr.preset",
+                    f"must be one of {', '.join(PRESETS)} or a path to a preset .toml file")
+    try:
+        load_preset(ehr["preset"], folder=path.parent)  # a bad preset is refused at start-up
+    except ConfigError as exc:
+        raise _fail(path, "ehr.preset", str(exc)) from None
+    if ehr["organization_id"] and not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}",
+                                                   ehr["organization_id"]):
+        raise _fail(path, "ehr.organization_id", "must be a FHIR id (A-Z a-z 0-9 - .)")
     if ehr["mode"] not in MODES:
         raise _fail(path, "ehr.mode", f"must be one of {', '.join(MODES)}")
     if ehr["note_content_type"] not in NOTE_FORMATS:
@@ -349,11 +375,15 @@ default_source = {default_source} # source name for `peersync import` without --
 
 [ehr]
 base_url = {base_url}
-mode = "transaction"            # transaction | batch | single
-conditional = true              # the server supports conditional create/update
+preset = {preset}               # generic | us-core-notes | epic | oracle-health | ./my-ehr.toml
+# organization_id = ""          # the agency's Organization id in the EHR (Epic: required)
+# What the EHR can take comes from the preset; a key set here overrides it
+# (`peersync config check` prints the resulting write plan):
+# mode = "auto"                 # transaction | batch | single | auto (from the CapabilityStatement)
+# conditional = true            # the server supports conditional create/update
+# note_content_type = "text/plain"  # or "application/xhtml+xml"
+# create_encounters = true      # false: attach notes to the EHR's own Encounter
 max_bundle_entries = 50         # some servers refuse larger bundles
-note_content_type = "text/plain"  # or "application/xhtml+xml"
-create_encounters = true        # false: attach notes to the EHR's own Encounter
 timeout_s = 30
 ca_file = ""                    # optional CA bundle
 
@@ -381,6 +411,7 @@ def write_config(
     database_url: str = "sqlite:///peersync.db",
     default_source: str = "peer-tool",
     profile: str = "default",
+    preset: str = "generic",
     overwrite: bool = False,
 ) -> Path:
     path = folder / CONFIG_NAME
@@ -391,6 +422,7 @@ def write_config(
         database_url=_toml_string(database_url),
         default_source=_toml_string(default_source),
         base_url=_toml_string(base_url.rstrip("/")),
+        preset=_toml_string(preset),
     )
     # Checked before anything is written: a refused value leaves no file behind.
     parse_config(tomllib.loads(text), path=path, environ={})

@@ -38,15 +38,16 @@ from connector.errors import (
 if TYPE_CHECKING:
     import requests
 
-    from connector.config import Config, EhrConfig
+    from connector.config import Config
     from connector.fhir_client import Exchange, FhirClient
     from connector.store import Store
+    from connector.wiring import Wiring
+    from connector.writeplan import WritePlan
     from mappings.profile import Profile
 
 __all__ = [
     "Check",
     "CheckReport",
-    "check_capabilities",
     "check_setup",
     "describe_auth",
     "render_config",
@@ -91,6 +92,8 @@ class CheckReport:
     checks: list[Check] = field(default_factory=list)
     organization_id: str | None = None
     device_id: str | None = None
+    plan: WritePlan | None = None  # the write plan resolved against the EHR's statement
+    plan_rows: list[tuple[str, str, str]] = field(default_factory=list)
 
     def add(self, name: str, status: Status, detail: str) -> Check:
         check = Check(name, status, " ".join(detail.split()))
@@ -127,9 +130,22 @@ class CheckReport:
             f"{len(self.checks) - len(self.failed) - len(self.warnings)} ok, "
             f"{len(self.warnings)} warning(s), {len(self.failed)} failed"
         )
-        return [c.line() for c in self.checks] + [
+        return [c.line() for c in self.checks] + self.plan_table() + [
             ("ready to sync: " if self.ok else "not ready: ") + summary
         ]
+
+    def plan_table(self) -> list[str]:
+        """The write plan as a table: resource -> what PeerSync does, and why."""
+        if self.plan is None:
+            return []
+        plan = self.plan
+        head = (f"write plan (preset {plan.preset.name}: {plan.preset.title}; "
+                f"mode {plan.mode}; source: {plan.preset.source}, checked {plan.preset.checked})")
+        width = max(len(r[0]) for r in self.plan_rows)
+        what_w = max(len(r[1]) for r in self.plan_rows)
+        lines = ["", head, f"  {'resource':<{width}}  {'PeerSync':<{what_w}}  why"]
+        lines += [f"  {r:<{width}}  {w:<{what_w}}  {y}" for r, w, y in self.plan_rows]
+        return lines + [""]
 
 
 # ---------------------------------------------------------------- the check
@@ -141,8 +157,12 @@ def check_setup(
     profile: Profile,
     store: Store,
     client_factory: ClientFactory,
+    wiring: Wiring | None = None,
 ) -> CheckReport:
     """Run every set-up check against the configured EHR (see the module docstring)."""
+    from connector.wiring import Wiring
+
+    wiring = wiring or Wiring(config=config, profile=profile)
     report = CheckReport()
     report.add("config", "ok", f"{config.path}")
     report.add(
@@ -162,13 +182,24 @@ def check_setup(
     with client:
         report.add("ehr.auth", "ok", describe_auth(auth_cfg, client.auth))
         _check_secret_files(report, auth_cfg, config.folder)
-        _run_ehr_checks(report, config, profile, store, client)
+        _run_ehr_checks(report, wiring, store, client)
     return report
 
 
-def _run_ehr_checks(
-    report: CheckReport, config: Config, profile: Profile, store: Store, client: FhirClient
-) -> None:
+def _plan_against(report: CheckReport, wiring: Wiring, capability: dict[str, Any]) -> WritePlan:
+    """Resolve the write plan against the statement, keep its table, and check it."""
+    from connector.capability_check import check_capabilities
+
+    plan = wiring.plan(capability)
+    report.plan = plan
+    report.plan_rows = plan.rows(create_patients=wiring.profile.create_patients)
+    check_capabilities(capability, plan, wiring.profile, report,
+                       auth_type=wiring.config.ehr.auth.get("type", "none"))
+    return plan
+
+
+def _run_ehr_checks(report: CheckReport, wiring: Wiring, store: Store, client: FhirClient
+                    ) -> None:
     from connector.fhir_client import FhirClient
 
     # 1. The CapabilityStatement, anonymously (the same session: same CA file, timeouts).
@@ -199,7 +230,7 @@ def _run_ehr_checks(
         report.add("EHR reachable", "ok",
                    f"GET {client.base_url}/metadata: CapabilityStatement"
                    f"{_software(capability)} in {elapsed:.0f} ms")
-        check_capabilities(capability, config.ehr, profile, report)
+        plan = _plan_against(report, wiring, capability)
 
     # 2. A token, and the scopes granted against those asked.
     if not _check_token(report, client):
@@ -210,10 +241,12 @@ def _run_ehr_checks(
         except EhrError as exc:
             report.add("capability", "fail", f"GET metadata with the token: {exc}")
         else:
-            check_capabilities(capability, config.ehr, profile, report)
+            plan = _plan_against(report, wiring, capability)
+    if report.plan is None:
+        return
 
     # 3. The agency Organization and the connector Device, matched or created once.
-    _check_agency(report, store, client, profile)
+    _check_agency(report, store, client, wiring.profile, plan)
 
 
 def _reachability(exc: EhrError) -> str:
@@ -236,205 +269,6 @@ def _software(capability: Mapping[str, Any]) -> str:
 def _printable(value: str, limit: int = 60) -> str:
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in value)
     return cleaned[:limit]
-
-
-# ---------------------------------------------------------------- capabilities
-
-
-def check_capabilities(
-    capability: Mapping[str, Any],
-    ehr: EhrConfig,
-    profile: Profile,
-    report: CheckReport | None = None,
-) -> CheckReport:
-    """Compare a CapabilityStatement with the configured ``[ehr]``; checks go into ``report``."""
-    report = report if report is not None else CheckReport()
-    if capability.get("resourceType") != "CapabilityStatement":
-        report.add("FHIR version", "fail", "GET metadata returned no CapabilityStatement")
-        return report
-    version = capability.get("fhirVersion")
-    if isinstance(version, str) and (version == "4.0" or version.startswith("4.0.")):
-        report.add("FHIR version", "ok", f"fhirVersion {version} (R4)")
-    else:
-        shown = _printable(version) if isinstance(version, str) else "not stated"
-        report.add("FHIR version", "fail",
-                   f"fhirVersion {shown}: PeerSync speaks FHIR R4 (4.0.x)")
-    rest = _server_rest(capability)
-    if rest is None:
-        report.add("capability", "fail", "the CapabilityStatement has no rest (server) section")
-        return report
-    resources = _resources(rest)
-
-    # mode
-    system_interactions = _codes(rest.get("interaction"))
-    if ehr.mode in ("transaction", "batch"):
-        if ehr.mode in system_interactions:
-            report.add("mode", "ok", f"{ehr.mode}: listed in rest.interaction")
-        else:
-            listed = ", ".join(sorted(system_interactions)) or "none"
-            other = "batch" if ehr.mode == "transaction" and "batch" in system_interactions \
-                else "single"
-            report.add("mode", "fail",
-                       f"ehr.mode = {ehr.mode!r} but the EHR does not list the '{ehr.mode}' "
-                       f"interaction (rest.interaction: {listed}); set mode = {other!r}")
-    else:
-        report.add("mode", "ok", "single: one request per resource, no bundles")
-
-    # conditional operations
-    used = [t for t in CONDITIONAL_TYPES if t != "Encounter" or ehr.create_encounters]
-    if ehr.conditional:
-        present = [t for t in used if t in resources]
-        no_update = [t for t in present if not resources[t].get("conditionalUpdate")]
-        no_create = [t for t in present if not resources[t].get("conditionalCreate")]
-        if no_update:
-            nor = f" (nor conditionalCreate on {', '.join(no_create)})" if no_create else ""
-            report.add("conditional", "fail",
-                       "conditional = true but the EHR lists no conditionalUpdate on "
-                       f"{', '.join(no_update)}{nor}; set conditional = false")
-        elif no_create:
-            report.add("conditional", "warn",
-                       f"no conditionalCreate on {', '.join(no_create)}: If-None-Exist may be "
-                       "ignored (PeerSync searches by identifier first)")
-        else:
-            report.add("conditional", "ok",
-                       f"conditionalCreate and conditionalUpdate on {', '.join(used)}")
-    else:
-        report.add("conditional", "ok",
-                   "conditional = false: writes by id after identifier look-ups")
-
-    # resource types, interactions and search parameters
-    for rtype, need in _needs(ehr, profile).items():
-        _check_resource(report, rtype, resources.get(rtype), need)
-
-    if ehr.note_content_type == "application/xhtml+xml":
-        report.add("note format", "ok",
-                   "notes are sent as XHTML (application/xhtml+xml), escaped text in a <pre>; "
-                   "a CapabilityStatement cannot say whether the EHR requires it")
-    security = rest.get("security")
-    if ehr.auth.get("type", "none") == "none" and _advertises_oauth(security):
-        report.add("security", "warn",
-                   "the EHR advertises SMART/OAuth but [ehr.auth] type = \"none\"")
-    return report
-
-
-@dataclass(frozen=True, slots=True)
-class _Need:
-    write: bool = False  # needs create or update
-    create: bool = False  # needs create itself (e.g. If-None-Exist creates)
-    update: bool = False  # needs update itself (supersede, retract, amendments)
-    read: bool = False
-    search: tuple[str, ...] = ()
-    optional_search: tuple[str, ...] = ()  # only used to settle a lost answer
-    hint: str = ""  # what to change when a write interaction is missing
-
-
-def _needs(ehr: EhrConfig, profile: Profile) -> dict[str, _Need]:
-    needs: dict[str, _Need] = {}
-    if ehr.create_encounters:
-        needs["Encounter"] = _Need(
-            write=True, update=True, search=("identifier",),
-            hint="create_encounters = true; set it false to attach notes to the EHR's own "
-                 "Encounter",
-        )
-    else:
-        needs["Encounter"] = _Need(read=True, search=("identifier", "subject", "date"))
-    needs["DocumentReference"] = _Need(write=True, update=True, search=("identifier",))
-    needs["Practitioner"] = _Need(write=True, create=True, search=("identifier",))
-    needs["Provenance"] = _Need(write=True, create=True, optional_search=("target",))
-    needs["Organization"] = _Need(write=True, create=True, read=True, search=("identifier",))
-    needs["Device"] = _Need(write=True, create=True, read=True, search=("identifier",))
-    needs["Patient"] = _Need(create=profile.create_patients, read=True, search=("identifier",))
-    return needs
-
-
-def _check_resource(
-    report: CheckReport, rtype: str, resource: dict[str, Any] | None, need: _Need
-) -> None:
-    name = f"capability {rtype}"
-    role = "written" if need.write else "read"
-    if resource is None:
-        report.add(name, "fail", f"{rtype} is not listed: PeerSync needs it {role}")
-        return
-    interactions = _codes(resource.get("interaction"))
-    problems: list[str] = []
-    doubts: list[str] = []
-    if not interactions:
-        doubts.append("lists no interactions")
-    else:
-        if need.write and not interactions & {"create", "update"}:
-            problems.append("lists neither create nor update"
-                            + (f" ({need.hint})" if need.hint else ""))
-        elif need.create and "create" not in interactions:
-            problems.append("lists no create" + ("" if need.write else
-                                           " (the profile creates missing patients)"))
-        if need.update and "update" not in interactions and interactions & {"create", "update"}:
-            doubts.append("lists no update (changed, amended and retracted records need it)")
-        if need.search and "search-type" not in interactions:
-            problems.append("lists no search-type")
-        elif need.optional_search and "search-type" not in interactions:
-            doubts.append("lists no search-type (used to settle a lost answer)")
-        if need.read and "read" not in interactions:
-            doubts.append("lists no read")
-    params = resource.get("searchParam")
-    names = {p.get("name") for p in params if isinstance(p, dict)} if isinstance(params, list) \
-        else None
-    if names is None:
-        if need.search or need.optional_search:
-            doubts.append("lists no search parameters")
-    else:
-        missing = [p for p in need.search if p not in names]
-        if missing:
-            problems.append("lists no search parameter " + ", ".join(missing))
-        missing_optional = [p for p in need.optional_search if p not in names]
-        if missing_optional:
-            doubts.append(
-                "lists no search parameter " + ", ".join(missing_optional)
-                + " (used to settle a lost answer)"
-            )
-    used = ("create", "update", "read", "search-type")
-    listed = ", ".join(i for i in used if i in interactions) or "none listed"
-    searched = ", ".join(need.search + need.optional_search)
-    if problems:
-        report.add(name, "fail", f"{rtype} " + "; ".join(problems + doubts))
-    elif doubts:
-        report.add(name, "warn", f"{rtype} " + "; ".join(doubts))
-    else:
-        report.add(name, "ok", listed + (f"; search by {searched}" if searched else ""))
-
-
-def _server_rest(capability: Mapping[str, Any]) -> dict[str, Any] | None:
-    rest = capability.get("rest")
-    if not isinstance(rest, list):
-        return None
-    entries = [r for r in rest if isinstance(r, dict)]
-    servers = [r for r in entries if r.get("mode") == "server"]
-    candidates = servers or entries
-    return candidates[0] if candidates else None
-
-
-def _resources(rest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for resource in rest.get("resource") or []:
-        if isinstance(resource, dict) and isinstance(resource.get("type"), str):
-            out.setdefault(resource["type"], resource)
-    return out
-
-
-def _codes(interactions: Any) -> set[str]:
-    if not isinstance(interactions, list):
-        return set()
-    return {i["code"] for i in interactions if isinstance(i, dict) and isinstance(i.get("code"),
-                                                                                    str)}
-
-
-def _advertises_oauth(security: Any) -> bool:
-    if not isinstance(security, dict):
-        return False
-    for service in security.get("service") or []:
-        for coding in (service or {}).get("coding") or [] if isinstance(service, dict) else []:
-            if isinstance(coding, dict) and coding.get("code") in ("SMART-on-FHIR", "OAuth"):
-                return True
-    return False
 
 
 # ---------------------------------------------------------------- auth
@@ -584,7 +418,8 @@ def scopes_covered(asked: str, granted: list[str]) -> bool:
 # ---------------------------------------------------------------- agency
 
 
-def _check_agency(report: CheckReport, store: Store, client: FhirClient, profile: Profile) -> None:
+def _check_agency(report: CheckReport, store: Store, client: FhirClient, profile: Profile,
+                  plan: WritePlan) -> None:
     from connector.sync import ensure_agency
 
     keys = {
@@ -603,7 +438,7 @@ def _check_agency(report: CheckReport, store: Store, client: FhirClient, profile
 
     client.on_exchange = record
     try:
-        org_ref, device_ref = ensure_agency(store, client, profile)
+        org_ref, device_ref = ensure_agency(store, client, profile, plan)
     except ConnectorError as exc:
         report.add("agency", "fail", f"matching or creating the Organization and Device: {exc}")
         return
@@ -616,8 +451,17 @@ def _check_agency(report: CheckReport, store: Store, client: FhirClient, profile
         ("device", device_ref, profile.device, "connector Device"),
     ):
         rtype, _, rid = ref.partition("/")
+        if not ref:
+            what = ("named as the note's custodian by display only"
+                    if kind == "organization" else "not used (no Provenance resource)")
+            report.add(label, "ok", f"{kind.capitalize()}: {what} "
+                                    f"({plan.why.get(kind.capitalize(), 'write plan')})")
+            continue
         which = f"{ref} (identifier {identity.system}|{identity.value})"
-        if before[kind]:
+        by_id = kind == "organization" and plan.organization_by == "id"
+        if by_id:
+            which = f"{ref} (ehr.organization_id)"
+        if before[kind] or by_id:
             try:
                 client.read(rtype, rid)
             except EhrError as exc:
@@ -630,7 +474,8 @@ def _check_agency(report: CheckReport, store: Store, client: FhirClient, profile
                     report.add(label, "warn", f"{which} stored earlier; could not re-read it: "
                                               f"{exc}")
                 continue
-            report.add(label, "ok", f"{which}: stored earlier, still in the EHR")
+            report.add(label, "ok", f"{which}: " + ("in the EHR" if by_id else
+                                                    "stored earlier, still in the EHR"))
             continue
         post = next((e for e in writes if e.resource_type == rtype), None)
         created = post is not None and post.status == 201
@@ -658,8 +503,12 @@ def render_config(config: Config, *, environ: Mapping[str, str] | None = None) -
         "",
         "[ehr]",
     ]
-    for key in ("base_url", "mode", "conditional", "max_bundle_entries", "note_content_type",
-                "create_encounters", "timeout_s", "ca_file"):
+    for key in ("base_url", "preset", "organization_id"):
+        lines.append(f"{key} = {_toml(getattr(ehr, key))}")
+    for key in ("mode", "conditional", "note_content_type", "create_encounters"):
+        if key in ehr.explicit:
+            lines.append(f"{key} = {_toml(getattr(ehr, key))}  # overrides the preset")
+    for key in ("max_bundle_entries", "timeout_s", "ca_file"):
         lines.append(f"{key} = {_toml(getattr(ehr, key))}")
     lines += ["", "[ehr.auth]"]
     for key, value in ehr.auth.items():

@@ -766,9 +766,13 @@ class Store:
         source: str | None = None,
         participant_id: str | None = None,
         specialist_id: str | None = None,
+        record_id: str | None = None,
     ) -> int:
-        """Put the records waiting in ``state`` for one participant or specialist back in line."""
+        """Put the records waiting in ``state`` for one participant, specialist or record
+        back in line."""
         versions = select(record_versions.c.id)
+        if record_id is not None:
+            versions = versions.where(record_versions.c.record_id == record_id)
         if source is not None:
             versions = versions.where(record_versions.c.source == source)
         if participant_id is not None:

@@ -73,6 +73,9 @@ class Profile:
     allow_markdown: bool
     create_patients: bool
     part2_notice: str
+    # What the participant consented to disclose, and to whom (42 CFR 2.32 as of 2024):
+    # it travels with the notice. Empty: the notice alone.
+    part2_consent_scope: str = ""
 
     @property
     def tz(self) -> ZoneInfo:
@@ -151,6 +154,7 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
         allow_markdown=values["notes.allow_markdown"],
         create_patients=values["patients.create_missing"],
         part2_notice=values["part2.notice"],
+        part2_consent_scope=values["part2.consent_scope"],
     )
 
 
@@ -249,7 +253,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "notes": {"allow_markdown": _Key("bool", default=False)},
     "patients": {"create_missing": _Key("bool", default=False)},
-    "part2": {"notice": _Key("text")},
+    "part2": {"notice": _Key("text"), "consent_scope": _Key("text", default="")},
 }
 
 

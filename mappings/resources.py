@@ -14,22 +14,17 @@ chosen here are checked by the unit tests, not by the models.
 
 from __future__ import annotations
 
-import base64
-import html
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fhir.resources.R4B.coding import Coding
 from fhir.resources.R4B.device import Device
-from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.organization import Organization
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.provenance import Provenance
-
-from connector.errors import FieldError, RecordInvalid
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -252,121 +247,6 @@ def map_encounter(
     return Encounter.model_validate(data)
 
 
-# --- DocumentReference -----------------------------------------------------
-
-
-def note_xhtml(text: str) -> str:
-    """The note as an XHTML fragment: escaped, in ``<pre>`` so its line breaks show.
-
-    Not byte-exact (XML turns CR LF into LF, and characters XML forbids become
-    U+FFFD), which is why XHTML is only for EHRs that accept nothing else.
-    """
-    body = _NOT_XML.sub("\ufffd", html.escape(text, quote=False))
-    return f'<div xmlns="http://www.w3.org/1999/xhtml"><pre>{body}</pre></div>'
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _note_bytes(record: EncounterRecord, text: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\ud800" escape
-        raise RecordInvalid(
-            [FieldError("note.text", "is not valid Unicode text (lone surrogate)")],
-            source=record.source,
-            record_id=record.id,
-        ) from exc
-
-
-def _note_attachment(
-    record: EncounterRecord, note: Note, profile: Profile, note_format: str
-) -> dict[str, Any]:
-    if note_format == NOTE_XHTML:
-        content_type = NOTE_XHTML
-        payload = note_xhtml(note.text).encode("utf-8")
-    else:
-        markdown = note.content_type == "text/markdown" and profile.allow_markdown
-        content_type = _MARKDOWN_CONTENT_TYPE if markdown else _PLAIN_CONTENT_TYPE
-        payload = _note_bytes(record, note.text)  # exactly as written: no normalisation
-    return {"contentType": content_type, "data": _b64(payload), "title": NOTE_TITLE}
-
-
-def map_document_reference(
-    record: EncounterRecord,
-    profile: Profile,
-    *,
-    patient_ref: str,
-    practitioner_ref: str,
-    encounter_ref: str | None,
-    note_format: str = NOTE_PLAIN,
-    status: str | None = None,
-    replaces_ref: str | None = None,
-    organization_ref: str | None = None,
-) -> DocumentReference:
-    """The US Core clinical note for one version of the record's note.
-
-    ``status`` overrides the status (``superseded`` for a replaced version);
-    otherwise a retracted record gives ``entered-in-error`` and any other
-    ``current``. ``replaces_ref`` points at the version this one amends.
-    """
-    note = _require_note(record)
-    if note_format not in NOTE_FORMATS:
-        raise ValueError(f"note_format must be one of {', '.join(NOTE_FORMATS)}")
-    if status is None:
-        status = "entered-in-error" if record.status == "entered_in_error" else "current"
-    elif status not in DOCREF_STATUSES:
-        raise ValueError(f"status must be one of {', '.join(DOCREF_STATUSES)}")
-
-    note_type = _concept(LOINC, profile.note_type_code, profile.note_type_display)
-    note_type["text"] = profile.note_type_display
-    context: dict[str, Any] = {"period": _period(record)}
-    if encounter_ref:
-        context["encounter"] = [_ref(encounter_ref)]
-    content = [
-        {
-            "attachment": _note_attachment(record, note, profile, note_format),
-            "format": _MIME_TYPE_SUFFICIENT,
-        }
-    ]
-
-    data: dict[str, Any] = {
-        "resourceType": "DocumentReference",
-        "identifier": [
-            note_identifier(record, profile).as_fhir(),
-            note_version_identifier(record, profile).as_fhir(),
-        ],
-        "status": status,
-        "docStatus": "final",
-        "type": note_type,
-        "category": [_concept(DOCREF_CATEGORY, "clinical-note", "Clinical Note")],
-        "subject": _ref(patient_ref),
-        "date": _instant(note.signed_at or record.end, "note.signed_at or end"),
-        "author": [_ref(practitioner_ref)],
-        "content": content,
-        "context": context,
-    }
-    if organization_ref:
-        data["custodian"] = _ref(organization_ref)
-    if replaces_ref:
-        data["relatesTo"] = [{"code": "replaces", "target": _ref(replaces_ref)}]
-    if record.part2:
-        data["meta"] = _part2_meta()
-        # The §2.32 notice travels with the note, after it: content[0] stays the note.
-        content.append(
-            {
-                "attachment": {
-                    "contentType": _PLAIN_CONTENT_TYPE,
-                    "data": _b64(profile.part2_notice.encode("utf-8")),
-                    "title": PART2_NOTICE_TITLE,
-                },
-                "format": _MIME_TYPE_SUFFICIENT,
-            }
-        )
-    return DocumentReference.model_validate(data)
-
-
 # --- Practitioner, Patient, Organization, Device ---------------------------
 
 
@@ -491,3 +371,7 @@ def map_provenance(
     if part2:
         data["meta"] = _part2_meta()
     return Provenance.model_validate(data)
+
+
+# The DocumentReference lives in mappings/notes.py (it imports the helpers above).
+from mappings.notes import map_document_reference, note_xhtml  # noqa: E402,F401

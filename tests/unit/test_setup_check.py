@@ -16,7 +16,7 @@ from connector.config import Config, load_config, write_config
 from connector.fhir_client import FhirClient
 from connector.setup_check import (
     CheckReport,
-    check_capabilities,
+    
     check_setup,
     render_config,
     scopes_covered,

@@ -1,0 +1,274 @@
+"""The sync worker: claim jobs, resolve references, plan, send, record.
+
+One pass of :meth:`SyncEngine.run_once`:
+
+1. claim a batch of due jobs (atomic, leased);
+2. for each record decide whether it can go (:func:`wait_rule`: Part 2 consent,
+   nothing to retract), then resolve its references (:mod:`.resolve`) so that
+   bundles hold literal references only;
+3. plan its writes (:mod:`.planner`, pure, consulting the write plan and the ledger);
+4. send them in the EHR's style (:mod:`.senders`), settling first whatever an
+   earlier try left in doubt (:mod:`.recovery`);
+5. record the EHR's ids and versions in the ledger and the job's new state,
+   with an audit event (:mod:`.outcomes`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from connector.config import Config
+from connector.errors import ConnectorError
+from connector.fhir_client import FhirClient
+from connector.records import EncounterRecord
+from connector.states import JobState
+from connector.store import Job, Store, utcnow
+from connector.sync.model import Plan, RecordLedger, Refs, SyncContext, SyncSummary, Wait
+from connector.sync.outcomes import Outcomes
+from connector.sync.planner import plan_record
+from connector.sync.recovery import Recovery
+from connector.sync.resolve import References
+from connector.sync.senders import sender_for
+from connector.writeplan import WritePlan
+from mappings.profile import Profile
+
+log = logging.getLogger("peersync.sync")
+
+
+def wait_rule(record: EncounterRecord, *, consent: str | None, sent_before: bool) -> Wait | None:
+    """Why a record must not go yet, before any look-up: the one rule `map` shares."""
+    if record.part2 and consent != "active":
+        return Wait(JobState.WAITING_CONSENT, f"part2-consent-{consent or 'none'}")
+    if record.status == "entered_in_error" and not sent_before:
+        return Wait(JobState.SYNCED, "nothing-sent-nothing-to-retract")
+    return None
+
+
+class SyncEngine:
+    """Sends due jobs to the EHR. One engine per worker process."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        client: FhirClient,
+        profile: Profile,
+        config: Config,
+        plan: WritePlan | None = None,
+        worker: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        if plan is None:
+            from connector.writeplan import resolve_plan
+
+            plan = resolve_plan(config.ehr, folder=config.folder)
+        self.ctx = SyncContext(
+            store=store, client=client, profile=profile, config=config, plan=plan,
+            worker=worker or f"worker-{uuid.uuid4().hex[:8]}", clock=clock,
+            marker_key=store.audit_key,
+        )
+        self.store, self.client, self.config, self.plan = store, client, config, plan
+        self.worker, self.clock = self.ctx.worker, clock
+        self.outcomes = Outcomes(self.ctx, rng or random.Random())
+        self.refs = References(self.ctx)
+        self.recovery = Recovery(self.ctx, self.outcomes)
+        self.sender = sender_for(self.ctx, self.outcomes)
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        max_wait_s: float | None = None,
+        stop: threading.Event | None = None,
+        on_progress: Callable[[SyncSummary], None] | None = None,
+        include_waiting: bool = True,
+    ) -> SyncSummary:
+        """Work until nothing is due; wait for scheduled retries up to ``max_wait_s``.
+
+        ``include_waiting``: also re-resolve the waiting records (once in this run).
+        """
+        max_wait = self.config.sync.max_wait_s if max_wait_s is None else max_wait_s
+        summary = SyncSummary()
+        run_id = uuid.uuid4().hex
+        self.refs.reset()
+        waited = 0.0
+        while not (stop and stop.is_set()):
+            claimed = self.run_once(run_id, summary, include_waiting=include_waiting)
+            if on_progress and claimed:
+                on_progress(summary)
+            if claimed:
+                continue
+            due_at = self.store.next_due_at()
+            if due_at is None:
+                break
+            pause = max(0.0, (due_at - self.clock()).total_seconds())
+            if waited + pause > max_wait:
+                break
+            pause = min(pause, 1.0) if pause > 0 else 0.05
+            waited += pause
+            if stop is not None:
+                if stop.wait(pause):
+                    break
+            else:
+                time.sleep(pause)
+        summary.waited_s = waited
+        return summary
+
+    def records_per_bundle(self) -> int:
+        # A record needs at most ~5 entries (Encounter, note, superseded note,
+        # Provenance, one retraction); bundles are packed by real entry count.
+        return max(1, self.config.ehr.max_bundle_entries // 3)
+
+    def run_once(self, run_id: str, summary: SyncSummary, *, include_waiting: bool = True) -> int:
+        jobs = self.store.claim(
+            worker=self.worker, run_id=run_id, limit=self.records_per_bundle(),
+            lease_s=self.config.sync.lease_s, include_waiting=include_waiting, now=self.clock(),
+        )
+        if not jobs:
+            return 0
+        summary.claimed += len(jobs)
+        with self._lease_renewal([job.id for job in jobs]):
+            records = self.store.load_records([job.record_version_id for job in jobs])
+            ledgers = self.store.ledger_snapshot([(job.source, job.record_id) for job in jobs])
+            plans: list[Plan] = []
+            for job in jobs:
+                record = records[job.record_version_id]
+                try:
+                    ledger = RecordLedger(ledgers[(job.source, job.record_id)], self.store)
+                    outcome = self._prepare(job, record, ledger)
+                except ConnectorError as exc:
+                    self.outcomes.fail(job, exc, summary)
+                    continue
+                except ValidationError as exc:
+                    # The record passed intake but FHIR refuses a value (e.g. a control
+                    # character in a name): name the elements, never the values.
+                    where = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+                    self.outcomes.wait(job, Wait(
+                        JobState.NEEDS_ATTENTION,
+                        f"cannot be mapped to FHIR R4: {', '.join(where)[:150]}"), summary)
+                    continue
+                if isinstance(outcome, Wait):
+                    self.outcomes.wait(job, outcome, summary)
+                else:
+                    plans.append(outcome)
+            for bundle in self._pack(plans):
+                self.sender.send(bundle, summary)
+        return len(jobs)
+
+    @contextmanager
+    def _lease_renewal(self, job_ids: list[int]) -> Iterator[None]:
+        """Renew the lease every ``renew_every_s`` while this batch is being worked on."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.config.sync.renew_every_s):
+                try:
+                    self.store.renew_lease(
+                        job_ids, worker=self.worker, lease_s=self.config.sync.lease_s
+                    )
+                except ConnectorError:
+                    log.warning("lease renewal failed for %d jobs", len(job_ids))
+
+        thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    # -- deciding ---------------------------------------------------------
+
+    def _prepare(self, job: Job, record: EncounterRecord, ledger: RecordLedger) -> Plan | Wait:
+        consent = (self.store.consent_status(record.source, record.participant.id)
+                   if record.part2 else None)
+        waiting = wait_rule(record, consent=consent,
+                            sent_before=bool(ledger.ledger_for_record(record.source, record.id)))
+        if waiting is not None and waiting.state is JobState.WAITING_CONSENT:
+            return waiting
+        if self._already_applied(job, record, ledger):
+            # A re-send of a version the EHR already holds: no write, no second Provenance.
+            return Wait(JobState.SYNCED, "already-in-ehr")
+        # A 5xx can come after the EHR applied the bundle (a gateway's 504 on a slow
+        # upstream, a 500 after commit): a retried transaction is looked up first too.
+        in_doubt = job.claimed_from in (JobState.UNKNOWN.value, JobState.IN_FLIGHT.value,
+                                        JobState.RETRY_SCHEDULED.value)
+        if in_doubt and not self.plan.staged:
+            settled = self.recovery.settle_transaction(job, record)
+            if settled is not None:
+                return settled
+        if waiting is not None:
+            return waiting
+        patient = self.refs.patient(record)
+        if isinstance(patient, Wait):
+            return patient
+        practitioner = self.refs.practitioner(record)
+        if isinstance(practitioner, Wait):
+            return practitioner
+        encounter = ""
+        if self.plan.encounter == "ehr":
+            found = self.refs.ehr_encounter(job, record, patient, ledger)
+            if isinstance(found, Wait):
+                return found
+            encounter = found
+        org_ref, device_ref = self.refs.agency()
+        refs = Refs(patient=patient, practitioner=practitioner, organization=org_ref,
+                    device=device_ref, encounter=encounter)
+        planned = plan_record(
+            record, refs, key=str(job.id), profile=self.ctx.profile, plan=self.plan,
+            ledger=ledger, recorded=self._recorded(job, ledger),
+            ledger_key=str(job.record_version_id), marker_key=self.ctx.marker_key,
+        )
+        if not planned.writes:
+            return Wait(JobState.SYNCED, "nothing-to-send-ehr-owns-the-encounter")
+        plan = Plan(job=job, record=record, writes=planned.writes, proof=planned.proof,
+                    omitted=planned.omitted, part2_form=planned.part2_form)
+        if self.plan.staged:
+            wait = self.recovery.resume(plan)
+            if wait is not None:
+                return wait
+        return plan
+
+    def _already_applied(self, job: Job, record: EncounterRecord, ledger: RecordLedger) -> bool:
+        """The ledger holds this record version's Provenance: every write of it went through."""
+        prefix = f"{job.record_version_id}@"
+        return any(
+            e.identifier_value.startswith(prefix) and e.state == "confirmed"
+            for e in ledger.ledger_for_record(record.source, record.id, "Provenance")
+        )
+
+    def _recorded(self, job: Job, ledger: RecordLedger) -> datetime:
+        """The Provenance time of this job: reused after a lost response, so it can be found."""
+        prefix = f"{job.record_version_id}@"
+        for entry in ledger.ledger_for_record(job.source, job.record_id, "Provenance"):
+            if entry.identifier_value.startswith(prefix):
+                try:
+                    return datetime.fromisoformat(entry.identifier_value[len(prefix):])
+                except ValueError:
+                    break
+        # Whole seconds: an EHR that stores fewer digits must still match it after a lost answer.
+        return self.clock().replace(microsecond=0)
+
+    def _pack(self, plans: list[Plan]) -> Iterator[list[Plan]]:
+        limit = self.config.ehr.max_bundle_entries
+        bundle: list[Plan] = []
+        size = 0
+        for plan in plans:
+            if bundle and size + len(plan.writes) > limit:
+                yield bundle
+                bundle, size = [], 0
+            bundle.append(plan)
+            size += len(plan.writes)
+        if bundle:
+            yield bundle

@@ -1,0 +1,277 @@
+"""Reference resolution: one phase before planning, so bundles hold literal references only.
+
+The participant's Patient (by MRN, or an admin's link), the specialist's
+Practitioner (by staff id or NPI; created once where the write plan allows it),
+the agency Organization and connector Device (matched or created once, or left
+out), and the EHR's own Encounter where the EHR owns them. What the plan rules
+out is never sent: a type the EHR cannot create is only ever matched.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from connector.errors import EhrConflict, Outcome
+from connector.records import EncounterRecord, parse_datetime
+from connector.states import JobState
+from connector.store import Job
+from connector.sync.model import LedgerView, SyncContext, Wait, version_of
+from connector.writeplan import MATCH_ACTIONS
+
+if TYPE_CHECKING:
+    from connector.fhir_client import FhirClient
+    from connector.store import Store
+    from connector.writeplan import WritePlan
+    from mappings.profile import Profile
+
+
+class References:
+    """Resolves one record's references; caches per run (cleared by :meth:`reset`)."""
+
+    def __init__(self, ctx: SyncContext) -> None:
+        self.ctx = ctx
+        self._patients: dict[str, Wait | str] = {}
+        self._patient_links: dict[str, str] = {}  # per run: "" = no admin link
+        self._practitioners: dict[str, Wait | str] = {}
+        self._agency: tuple[str, str] | None = None
+
+    def reset(self) -> None:
+        self._patients.clear()
+        self._patient_links.clear()
+        self._practitioners.clear()
+
+    def _if_none_exist(self, token: str) -> dict[str, str] | None:
+        return {"identifier": token} if self.ctx.plan.conditional_create else None
+
+    # -- Patient ----------------------------------------------------------
+
+    def patient(self, record: EncounterRecord) -> Wait | str:
+        from mappings.resources import mrn_identifier, search_token
+
+        link_key = f"{record.source}|{record.participant.id}"
+        linked = self._patient_links.get(link_key)
+        if linked is None:
+            linked = self.ctx.store.get_link("patient", link_key) or ""
+            self._patient_links[link_key] = linked
+        if linked:
+            return f"Patient/{linked}"
+        creates = self.ctx.profile.create_patients and self.ctx.plan.creates("Patient")
+        mrn = record.participant.mrn
+        if not mrn:
+            return self._create_patient(record) if creates else \
+                Wait(JobState.WAITING_PATIENT, "no-mrn")
+        cached = self._patients.get(mrn)
+        if cached is not None:
+            return cached
+        system, value = mrn_identifier(mrn, self.ctx.profile)
+        token = search_token(system, value)
+        found = self.ctx.client.search("Patient", {"identifier": token})
+        result: Wait | str
+        if len(found) == 1:
+            result = f"Patient/{found[0]['id']}"
+        elif len(found) > 1:
+            result = Wait(JobState.WAITING_PATIENT, f"mrn-matches-{len(found)}-patients")
+        elif creates:
+            result = f"Patient/{self._create(record, 'Patient', token)}"
+        else:
+            result = Wait(JobState.WAITING_PATIENT, "mrn-no-match")
+        self._patients[mrn] = result
+        return result
+
+    def _create(self, record: EncounterRecord, resource_type: str, token: str) -> str:
+        from mappings.resources import map_patient
+
+        written = self.ctx.client.create(
+            map_patient(record, self.ctx.profile).model_dump(mode="json"),
+            if_none_exist=self._if_none_exist(token),
+        )
+        return written.id
+
+    def _create_patient(self, record: EncounterRecord) -> str:
+        from mappings.resources import participant_identifier, search_token
+
+        system, value = participant_identifier(record, self.ctx.profile)
+        key = f"{record.source}|{record.participant.id}"
+        with self.ctx.store.exclusive(f"link|patient|{key}") as conn:
+            linked = self.ctx.store.get_link("patient", key)
+            if linked:
+                return f"Patient/{linked}"
+            token = search_token(system, value)
+            found = self.ctx.client.search("Patient", {"identifier": token})
+            ehr_id = found[0]["id"] if len(found) == 1 else self._create(record, "Patient", token)
+            self.ctx.store.set_link("patient", key, ehr_id, linked_by="create", conn=conn)
+        return f"Patient/{ehr_id}"
+
+    # -- Practitioner -----------------------------------------------------
+
+    def practitioner(self, record: EncounterRecord) -> Wait | str:
+        from mappings.resources import NPI, map_practitioner, search_token, staff_identifier
+
+        store, plan = self.ctx.store, self.ctx.plan
+        staff_id = record.specialist.id
+        cached = self._practitioners.get(staff_id)
+        if cached is not None:
+            return cached
+        linked = store.get_link("practitioner", staff_id)
+        if linked:
+            self._practitioners[staff_id] = f"Practitioner/{linked}"
+            return self._practitioners[staff_id]
+        if plan.practitioner_by == "npi":
+            if not record.specialist.npi:
+                return Wait(JobState.WAITING_STAFF, "no-npi-to-match")
+            token = search_token(NPI, record.specialist.npi)
+        else:
+            token = search_token(*staff_identifier(record.specialist, self.ctx.profile))
+        result: Wait | str
+        # One worker at a time per staff id (a conditional create is racy on the EHR,
+        # and an EHR without one would get two): the next one finds the link.
+        with store.exclusive(f"link|practitioner|{staff_id}") as conn:
+            linked = store.get_link("practitioner", staff_id)
+            found = [] if linked else self.ctx.client.search("Practitioner",
+                                                             {"identifier": token})
+            if linked:
+                result = f"Practitioner/{linked}"
+            elif len(found) == 1:
+                store.set_link("practitioner", staff_id, found[0]["id"], linked_by="match",
+                               conn=conn)
+                result = f"Practitioner/{found[0]['id']}"
+            elif len(found) > 1:
+                result = Wait(JobState.WAITING_STAFF,
+                              f"staff-id-matches-{len(found)}-practitioners")
+            elif not plan.creates("Practitioner"):
+                result = Wait(JobState.WAITING_STAFF, "staff-id-no-match-ehr-cannot-create")
+            else:
+                specialist = record.specialist
+                if not specialist.has_name:
+                    known = store.specialist_details(staff_id)
+                    if known:
+                        from connector.records import Specialist
+
+                        specialist = Specialist(id=staff_id, **known)
+                if not specialist.has_name:
+                    result = Wait(JobState.WAITING_STAFF, "staff-id-no-match-no-name")
+                else:
+                    written = self.ctx.client.create(
+                        map_practitioner(specialist, self.ctx.profile).model_dump(mode="json"),
+                        if_none_exist=self._if_none_exist(token),
+                    )
+                    store.set_link("practitioner", staff_id, written.id,
+                                   linked_by="create", conn=conn)
+                    result = f"Practitioner/{written.id}"
+        if not isinstance(result, Wait):
+            self._practitioners[staff_id] = result
+        return result
+
+    # -- Organization and Device -------------------------------------------
+
+    def agency(self) -> tuple[str, str]:
+        """The agency Organization and connector Device references ("" where not used)."""
+        if self._agency is None:
+            ctx = self.ctx
+            self._agency = ensure_agency(ctx.store, ctx.client, ctx.profile, ctx.plan)
+        return self._agency
+
+    # -- the EHR's own Encounter -------------------------------------------
+
+    def ehr_encounter(self, job: Job, record: EncounterRecord, patient_ref: str,
+                      ledger: LedgerView) -> Wait | str:
+        """The EHR's own Encounter of this session ("" where the note may go without one).
+
+        An admin's link first; then the one Encounter of the patient whose period
+        overlaps the session, kept in the ledger so later versions use the same one.
+        """
+        from mappings.resources import encounter_identifier
+
+        linked = self.ctx.store.get_link("encounter", f"{record.source}|{record.id}")
+        if linked:
+            return f"Encounter/{linked}"
+        system, value = encounter_identifier(record, self.ctx.profile)
+        known = ledger.ledger_latest("Encounter", system, value)
+        if known is not None and known.ehr_id:
+            return f"Encounter/{known.ehr_id}"
+        day_before = (record.start - timedelta(days=1)).date().isoformat()
+        candidates = self.ctx.client.search(
+            "Encounter", {"subject": patient_ref, "date": f"ge{day_before}"})
+        matches = [enc for enc in candidates if overlaps(enc.get("period") or {}, record)]
+        if not matches and not self.ctx.plan.note.encounter_required:
+            return ""  # the EHR takes a note with context.period alone
+        if len(matches) != 1:
+            reason = ("no-ehr-encounter-in-session-window" if not matches
+                      else f"{len(matches)}-ehr-encounters-in-session-window")
+            return Wait(JobState.WAITING_ENCOUNTER, reason)
+        with self.ctx.store.begin() as conn:
+            self.ctx.store.ledger_add(
+                conn, resource_type="Encounter", system=system, value=value,
+                ehr_id=matches[0]["id"], ehr_version=version_of(matches[0]),
+                action="match", job=job,
+            )
+        return f"Encounter/{matches[0]['id']}"
+
+
+def ensure_agency(store: Store, client: FhirClient, profile: Profile, plan: WritePlan
+                  ) -> tuple[str, str]:
+    """Match or create (once, by identifier) the agency Organization and connector Device.
+
+    Only as far as the write plan allows: a type the EHR cannot create is matched
+    (the Organization by ``[ehr] organization_id`` where the EHR finds it by _id
+    only), and one the plan leaves out gives "".
+    """
+    from mappings.resources import map_device, map_organization, search_token
+
+    refs: list[str] = []
+    for kind, identity in (("organization", profile.organization), ("device", profile.device)):
+        resource_type = kind.capitalize()
+        action = plan.action(resource_type)
+        if action not in MATCH_ACTIONS:
+            refs.append("")
+            continue
+        if resource_type == "Organization" and plan.organization_by == "id":
+            refs.append(f"Organization/{plan.organization_id}")
+            continue
+        key = f"{identity.system}|{identity.value}"
+        linked = store.get_link(kind, key)
+        if not linked:
+            # One worker at a time: a conditional create is racy on the EHR, so two
+            # workers starting together would both create. The next one finds the link.
+            with store.exclusive(f"link|{kind}|{key}") as conn:
+                linked = store.get_link(kind, key)
+                if not linked:
+                    token = search_token(identity.system, identity.value)
+                    found = client.search(resource_type, {"identifier": token})
+                    if len(found) > 1:
+                        raise EhrConflict(
+                            f"{len(found)} {resource_type} resources carry the agency's "
+                            "identifier", status=412, method="GET",
+                            url=f"{client.base_url}/{resource_type}", outcome=Outcome())
+                    how = "match"
+                    if found:
+                        linked = found[0]["id"]
+                    elif not plan.creates(resource_type):
+                        refs.append("")  # not in the EHR and not ours to create
+                        continue
+                    else:
+                        model: Any = (map_organization(profile) if kind == "organization"
+                                      else map_device(profile, organization_ref=refs[0] or None))
+                        linked = client.create(
+                            model.model_dump(mode="json"),
+                            if_none_exist={"identifier": token}
+                            if plan.conditional_create else None).id
+                        how = "create"
+                    store.set_link(kind, key, linked, linked_by=how, conn=conn)
+        refs.append(f"{resource_type}/{linked}")
+    return refs[0], refs[1]
+
+
+def overlaps(period: dict[str, Any], record: EncounterRecord) -> bool:
+    """Does an EHR Encounter's period overlap the session? (open ends count as open)"""
+    try:
+        start = parse_datetime(period["start"]) if period.get("start") else None
+        end = parse_datetime(period["end"]) if period.get("end") else None
+    except ValueError:
+        return False
+    if start is None and end is None:
+        return False
+    if start is not None and start.tzinfo is None or end is not None and end.tzinfo is None:
+        return False  # a date without time zone cannot be placed on the session's clock
+    return (start is None or start <= record.end) and (end is None or end >= record.start)
