@@ -73,6 +73,8 @@ class SyncConfig:
     renew_every_s: float = 10.0
     max_wait_s: float = 120.0  # how long `peersync sync` waits for scheduled retries
     max_attempts: int = 8
+    # a note the EHR does not show yet (found by marker) is looked for again after this long
+    lookup_grace_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +309,7 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
             "renew_every_s": (int, float),
             "max_wait_s": (int, float),
             "max_attempts": int,
+            "lookup_grace_s": (int, float),
         },
         {},
     )
@@ -316,10 +319,13 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
         renew_every_s=float(sync.get("renew_every_s", defaults.renew_every_s)),
         max_wait_s=float(sync.get("max_wait_s", defaults.max_wait_s)),
         max_attempts=int(sync.get("max_attempts", defaults.max_attempts)),
+        lookup_grace_s=float(sync.get("lookup_grace_s", defaults.lookup_grace_s)),
     )
     for key in ("lease_s", "renew_every_s"):
         if not 0 < getattr(sync_cfg, key) < math.inf:  # TOML allows inf and nan
             raise _fail(path, f"sync.{key}", "must be a number of seconds above 0")
+    if not 0 <= sync_cfg.lookup_grace_s <= 86400:
+        raise _fail(path, "sync.lookup_grace_s", "must be between 0 and 86400 seconds")
     if not 0 <= sync_cfg.max_wait_s < math.inf:
         raise _fail(path, "sync.max_wait_s", "must be a number of seconds, 0 or more")
     if sync_cfg.max_attempts < 1:
@@ -396,6 +402,7 @@ lease_s = 30                    # a dead worker's jobs are taken again after the
 renew_every_s = 10
 max_wait_s = 120                # `peersync sync` waits at most this long for scheduled retries
 max_attempts = 8                # transient failures before a record needs attention
+lookup_grace_s = 30             # a lost note not found yet is looked for again after this
 
 # The audit log's HMAC key: PEERSYNC_AUDIT_KEY (hex or base64) if set, else this
 # file (mode 0600; `peersync init` writes peersync.key beside this file).

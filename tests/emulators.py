@@ -17,7 +17,8 @@ rule set allows and reshapes bodies the way that EHR is documented to:
   create/update documentation: a short list of kept fields, exactly one
   content with a ``;charset=`` content type, status rules, full dateTimes,
   no ``identifier`` search; Provenance with one target;
-- ``no-conditional``: everything sekmet does except any conditional request.
+- ``no-conditional``: everything sekmet does except any conditional request;
+- ``generic``: sekmet as it is (a full FHIR server), for lost answers only.
 
 What is allowed (interactions, conditional create/update/delete/read, search
 parameters, transaction/batch) is derived, by one code path, from the rule
@@ -53,7 +54,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
-RULES = ("us-core-notes", "epic", "oracle-health", "no-conditional")
+RULES = ("us-core-notes", "epic", "oracle-health", "no-conditional", "generic")
 CAPABILITIES = Path(__file__).resolve().parent / "data" / "capabilities"
 CAPABILITY_FILES = {
     "us-core-notes": "us-core-notes-emulator.json",
@@ -233,7 +234,7 @@ class _Oracle(_Rules):
 
 _RULE_CLASSES: dict[str, type[_Rules]] = {
     "us-core-notes": _Rules, "epic": _Epic, "oracle-health": _Oracle,
-    "no-conditional": _NoConditional,
+    "no-conditional": _NoConditional, "generic": _Rules,
 }
 
 
@@ -396,6 +397,8 @@ class EhrEmulator:
         resp = requests.get(f"{self.upstream_base_url}/metadata", timeout=10)
         resp.raise_for_status()
         capability = resp.json()
+        if self.rules_name == "generic":
+            return capability  # sekmet as it is: only the lost answers are ours
         for resource in capability["rest"][0].get("resource", []):
             resource.update(conditionalCreate=False, conditionalUpdate=False,
                             conditionalDelete="not-supported", conditionalRead="not-supported")

@@ -33,9 +33,6 @@ from connector.sync.model import (
 )
 from connector.sync.outcomes import Outcomes
 
-# How long an unseen note is given to show up in the EHR's search before a second look.
-LOOKUP_GRACE_S = 30.0
-
 
 class Recovery:
     def __init__(self, ctx: SyncContext, outcomes: Outcomes) -> None:
@@ -101,7 +98,7 @@ class Recovery:
                     with self.ctx.store.begin() as conn:
                         self.out.confirm(conn, plan, write, None, None, state="unseen")
                     return Wait(JobState.UNKNOWN, "note-not-found-yet-looking-again",
-                                delay_s=LOOKUP_GRACE_S)
+                                delay_s=self.ctx.config.sync.lookup_grace_s)
                 return None  # missed twice: re-send
         else:
             found = self.ctx.client.search(

@@ -30,14 +30,14 @@ class Env:
     """A PeerSync home wired to one sekmet server and one database."""
 
     def __init__(self, home: Path, base_url: str, database_url: str,
-                 monkeypatch: pytest.MonkeyPatch) -> None:
+                 monkeypatch: pytest.MonkeyPatch, init_args: tuple[str, ...] = ()) -> None:
         self.home = home
         self.base_url = base_url
         self.runner = CliRunner()
         monkeypatch.setenv("PEERSYNC_HOME", str(home))
         monkeypatch.delenv("PEERSYNC_EHR_URL", raising=False)
         monkeypatch.delenv("PEERSYNC_DATABASE_URL", raising=False)
-        self.run("init", "--ehr-url", base_url, "--database-url", database_url)
+        self.run("init", "--ehr-url", base_url, "--database-url", database_url, *init_args)
 
     def run(self, *args: str, expect: int | None = 0) -> Any:
         result = self.runner.invoke(main, list(args), catch_exceptions=False)
@@ -63,13 +63,20 @@ class Env:
 
     def configure(self, **ehr: Any) -> None:
         """Set [ehr] keys in peersync.toml (as an operator would edit the file)."""
+        self.set_keys("ehr", **ehr)
+
+    def set_keys(self, table: str, **keys: Any) -> None:
+        """Set keys of one table in peersync.toml: uncomment or replace them, else add them."""
         path = self.home / "peersync.toml"
-        text = path.read_text(encoding="utf-8")
-        for key, value in ehr.items():
+        head, sep, rest = path.read_text(encoding="utf-8").partition(f"[{table}]\n")
+        assert sep, table
+        body, nxt, tail = rest.partition("\n[")
+        for key, value in keys.items():
             rendered = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
-            text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {rendered}", text, count=1)
-            assert n == 1, key
-        path.write_text(text, encoding="utf-8")
+            body, n = re.subn(rf"(?m)^(?:# )?{key} = .*$", f"{key} = {rendered}", body, count=1)
+            if n == 0:
+                body = f"{key} = {rendered}\n" + body
+        path.write_text(head + sep + body + nxt + tail, encoding="utf-8")
 
     def store(self) -> Any:
         from connector.config import load_config

@@ -121,5 +121,5 @@ def test_map_needs_no_network_and_lists_the_waiting(home: Path) -> None:
     assert bundle["type"] == "transaction"
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
     assert types.count("Encounter") == 2  # 000126 has no MRN: left out
-    assert "left out: peer-tool/ps-2026-000126: waiting_patient (no MRN)" in result.stderr
+    assert "left out: peer-tool/ps-2026-000126: waiting_patient (no-mrn)" in result.stderr
     assert json.loads(run("status", "--json").stdout)["pending"] == 0

@@ -65,6 +65,12 @@ def test_write_config_then_load_config_round_trips(tmp_path: Path) -> None:
         ehr=EhrConfig(base_url=HTTPS),  # the template spells out every default
         sync=SyncConfig(lease_s=30.0, renew_every_s=10.0, max_wait_s=120.0, max_attempts=8),
     )
+    # the capability keys are commented out in the template: the preset gives them
+    assert config.ehr.preset == "generic" and config.ehr.explicit == frozenset()
+    for key in ("mode", "conditional", "note_content_type", "create_encounters"):
+        assert f"\n# {key} = " in path.read_text(encoding="utf-8"), key
+    epic = write_config(tmp_path / "epic", base_url=HTTPS, preset="epic")
+    assert load_config(epic, environ={}).ehr.preset == "epic"
     assert config.folder == path.parent.resolve()
     assert config.profile_path() == path.parent.resolve() / "profiles" / "agency.toml"
     assert isinstance(config.ehr.timeout_s, float)
@@ -134,6 +140,8 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
             ehr="\n".join(
                 [
                     'base_url = "https://ehr.example.org/fhir/R4/"',
+                    'preset = "oracle-health"',
+                    'organization_id = "org-7.a"',
                     'mode = "batch"',
                     "conditional = false",
                     "max_bundle_entries = 3",
@@ -153,6 +161,8 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
     assert config.database_url == "postgresql+psycopg://peersync@db.internal/peersync"
     assert config.ehr == EhrConfig(
         base_url="https://ehr.example.org/fhir/R4",
+        preset="oracle-health",
+        organization_id="org-7.a",
         mode="batch",
         conditional=False,
         max_bundle_entries=3,
@@ -161,6 +171,8 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         timeout_s=12.0,
         ca_file="ca.pem",
         auth={"type": "basic", "username": "svc", "password_env": "EHR_PASSWORD"},
+        # the capability keys set in the file: they override the preset
+        explicit=frozenset({"mode", "conditional", "note_content_type", "create_encounters"}),
     )
     assert config.sync == SyncConfig(
         lease_s=60.0, renew_every_s=20.5, max_wait_s=0.0, max_attempts=1
@@ -313,6 +325,17 @@ BAD = [
     ("no [ehr] table", 'profile = "default"\n', "ehr"),
     ("[ehr] not a table", 'ehr = "https://ehr.example.org"\n', "ehr"),
     ("bad mode", config_text(ehr=f'base_url = "{HTTPS}"\nmode = "stream"'), "ehr.mode"),
+    ("unknown preset", config_text(ehr=f'base_url = "{HTTPS}"\npreset = "cerner"'), "ehr.preset"),
+    (
+        "missing preset file",
+        config_text(ehr=f'base_url = "{HTTPS}"\npreset = "./nowhere.toml"'),
+        "ehr.preset",
+    ),
+    (
+        "bad organization_id",
+        config_text(ehr=f'base_url = "{HTTPS}"\norganization_id = "org/7"'),
+        "ehr.organization_id",
+    ),
     (
         "bad note_content_type",
         config_text(ehr=f'base_url = "{HTTPS}"\nnote_content_type = "text/markdown"'),

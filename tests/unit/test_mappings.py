@@ -758,6 +758,12 @@ def test_xhtml_helper_matches_the_attachment(profile: Profile, session: Encounte
     assert _decoded(doc["content"][0]["attachment"]).decode() == res.note_xhtml(session.note.text)
 
 
+def _notice(profile: Profile) -> str:
+    """The Part 2 notice as it travels: the profile's notice, then its consent scope."""
+    assert profile.part2_consent_scope.strip()  # the default profile has one
+    return profile.part2_notice + "\n\nConsent: " + profile.part2_consent_scope.strip()
+
+
 def test_part2_note_has_labels_and_notice_after_the_exact_note(profile: Profile) -> None:
     record = _record("batch-2")
     assert record.part2 and record.note is not None
@@ -768,14 +774,17 @@ def test_part2_note_has_labels_and_notice_after_the_exact_note(profile: Profile)
     assert note["attachment"]["title"] == "Peer support progress note"
     assert notice["attachment"]["contentType"] == "text/plain; charset=utf-8"
     assert notice["attachment"]["title"] == "42 CFR Part 2 redisclosure notice"
-    assert _decoded(notice["attachment"]).decode("utf-8") == profile.part2_notice
+    assert _decoded(notice["attachment"]).decode("utf-8") == _notice(profile)
+    # an empty consent scope: the notice alone
+    bare = _docref(record, dataclasses.replace(profile, part2_consent_scope=""))
+    assert _decoded(bare["content"][1]["attachment"]).decode("utf-8") == profile.part2_notice
 
 
 def test_part2_notice_also_in_xhtml_mode(profile: Profile) -> None:
     doc = _docref(_record("batch-2"), profile, note_format=res.NOTE_XHTML)
     note, notice = doc["content"]
     assert note["attachment"]["contentType"] == "application/xhtml+xml"
-    assert _decoded(notice["attachment"]).decode("utf-8") == profile.part2_notice
+    assert _decoded(notice["attachment"]).decode("utf-8") == _notice(profile)
 
 
 def test_non_part2_note_has_one_content_and_no_labels(

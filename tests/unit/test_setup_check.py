@@ -12,16 +12,17 @@ from typing import Any
 import pytest
 import responses
 
-from connector.config import Config, load_config, write_config
+from connector.capability_check import check_capabilities
+from connector.config import CAPABILITY_KEYS, Config, load_config, write_config
 from connector.fhir_client import FhirClient
 from connector.setup_check import (
     CheckReport,
-    
     check_setup,
     render_config,
     scopes_covered,
 )
 from connector.store import Store
+from connector.writeplan import resolve_plan
 from mappings.profile import Profile, default_profile_path, load_profile
 
 BASE = "https://ehr.example.org/fhir"
@@ -77,11 +78,15 @@ def profile() -> Profile:
 
 
 def with_ehr(config: Config, **changes: Any) -> Config:
-    return dataclasses.replace(config, ehr=dataclasses.replace(config.ehr, **changes))
+    """[ehr] keys as if set in peersync.toml: a capability key set there overrides the preset."""
+    explicit = config.ehr.explicit | {k for k in changes if k in CAPABILITY_KEYS}
+    return dataclasses.replace(config, ehr=dataclasses.replace(config.ehr, explicit=explicit,
+                                                               **changes))
 
 
 def compare(cs: dict[str, Any], config: Config, profile: Profile) -> CheckReport:
-    return check_capabilities(cs, config.ehr, profile)
+    plan = resolve_plan(config.ehr, folder=config.folder, capability=cs)
+    return check_capabilities(cs, plan, profile)
 
 
 def status(report: CheckReport, name: str) -> tuple[str, str]:
@@ -95,7 +100,8 @@ def status(report: CheckReport, name: str) -> tuple[str, str]:
 def test_a_capable_ehr_passes_every_check(config: Config, profile: Profile) -> None:
     report = compare(capability(), config, profile)
     assert report.ok and not report.warnings, report.lines()
-    assert status(report, "mode") == ("ok", "transaction: listed in rest.interaction")
+    state, detail = status(report, "mode")
+    assert state == "ok" and detail.startswith("transaction: listed in rest.interaction")
     assert status(report, "FHIR version")[0] == "ok"
 
 
@@ -130,18 +136,20 @@ def test_conditional_update_missing_on_encounter_is_named(
     assert status(report, "conditional")[0] == "ok" and report.ok
 
 
-def test_conditional_create_missing_warns_naming_the_type(
+def test_conditional_create_missing_fails_naming_the_type(
     config: Config, profile: Profile
 ) -> None:
     cs = capability()
     del resource(cs, "Practitioner")["conditionalCreate"]
     report = compare(cs, config, profile)
-    assert status(report, "conditional") == (
-        "warn",
-        "no conditionalCreate on Practitioner: If-None-Exist may be ignored "
-        "(PeerSync searches by identifier first)",
-    )
-    assert report.exit_code == 0
+    state, detail = status(report, "conditional")
+    assert state == "fail"
+    assert detail.startswith("no conditionalCreate on Practitioner:")
+    assert "Encounter" not in detail and "conditional = false" in detail
+    assert report.exit_code == 1
+    # fine once the config says the EHR has no conditional ops
+    assert status(compare(cs, with_ehr(config, conditional=False), profile),
+                  "conditional")[0] == "ok"
 
 
 def test_encounter_create_needed_only_when_peersync_creates_encounters(
@@ -150,8 +158,8 @@ def test_encounter_create_needed_only_when_peersync_creates_encounters(
     cs = capability()
     resource(cs, "Encounter")["interaction"] = [{"code": "read"}, {"code": "search-type"}]
     state, detail = status(compare(cs, config, profile), "capability Encounter")
-    assert state == "fail" and "neither create nor update" in detail
-    assert "create_encounters" in detail
+    assert state == "fail" and "does not list create, update" in detail
+    assert "[ehr]" in detail
     # notes attached to the EHR's own Encounter: found by subject + date, never written
     owned = with_ehr(config, create_encounters=False, conditional=False)
     assert status(compare(cs, owned, profile), "capability Encounter")[0] == "ok"
@@ -166,15 +174,16 @@ def test_missing_resource_types_and_search_params_are_named(
     cs = capability()
     cs["rest"][0]["resource"] = [r for r in cs["rest"][0]["resource"] if r["type"] != "Device"]
     resource(cs, "Organization")["searchParam"] = [{"name": "name"}]
-    resource(cs, "Provenance")["searchParam"] = []
+    resource(cs, "Provenance")["searchParam"] = [{"name": "patient"}]
     report = compare(cs, config, profile)
-    assert status(report, "capability Device") == (
-        "fail", "Device is not listed: PeerSync needs it written")
+    state, detail = status(report, "capability Device")
+    assert state == "fail" and detail.startswith("Device is not listed")
+    assert "create" in detail
     state, detail = status(report, "capability Organization")
     assert state == "fail" and "search parameter identifier" in detail
-    # Provenance?target= only settles a lost answer: a warning
+    # Provenance?target= settles a lost answer: the write plan uses it, so it is named
     state, detail = status(report, "capability Provenance")
-    assert state == "warn" and "target" in detail
+    assert state == "fail" and "search parameter target" in detail
 
 
 def test_patient_create_needed_only_when_the_profile_creates_patients(
@@ -185,7 +194,7 @@ def test_patient_create_needed_only_when_the_profile_creates_patients(
     assert status(compare(cs, config, profile), "capability Patient")[0] == "ok"
     creating = dataclasses.replace(profile, create_patients=True)
     state, detail = status(compare(cs, config, creating), "capability Patient")
-    assert state == "fail" and "no create" in detail
+    assert state == "fail" and "does not list create" in detail
 
 
 def test_fhir_version_other_than_r4_fails(config: Config, profile: Profile) -> None:

@@ -5,15 +5,24 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from connector.records import EncounterRecord
 from connector.store import LedgerEntry
+from connector.config import parse_config
 from connector.sync import EmptyLedger, Refs, bundle_for, plan_record
+from connector.writeplan import WritePlan, resolve_plan
+from mappings import resources as _resources  # noqa: F401  (before mappings.notes: circular import)
 from tests.conftest import example_dict, load_example
 
 REFS = Refs(patient="Patient/p1", practitioner="Practitioner/s1",
             organization="Organization/o1", device="Device/d1")
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+# a full FHIR server: transactions, conditional create/update, Encounters and Provenance written
+GENERIC = resolve_plan(parse_config(
+    {"ehr": {"base_url": "https://ehr.example/fhir"}}, path=Path("peersync.toml"), environ={}
+).ehr)
+PLAIN = dataclasses.replace(GENERIC, conditional_create=False, conditional_update=False)
 
 
 class FakeLedger:
@@ -40,9 +49,11 @@ class FakeLedger:
         return {i: self.records[i] for i in ids}
 
 
-def _plan(record: EncounterRecord, profile, ledger=None):  # type: ignore[no-untyped-def]
-    return plan_record(record, REFS, key="k1", profile=profile, note_format="text/plain",
-                       ledger=ledger or EmptyLedger(), recorded=NOW)
+def _plan(record: EncounterRecord, profile, ledger=None,  # type: ignore[no-untyped-def]
+          plan: WritePlan = GENERIC):
+    planned = plan_record(record, REFS, key="k1", profile=profile, plan=plan,
+                          ledger=ledger or EmptyLedger(), recorded=NOW)
+    return planned.writes, planned.proof
 
 
 def _sent(profile, record: EncounterRecord) -> FakeLedger:  # type: ignore[no-untyped-def]
@@ -64,7 +75,7 @@ def test_new_record_creates_encounter_note_and_one_provenance(profile) -> None: 
     assert [(w.resource_type, w.action) for w in writes] == [
         ("Encounter", "create"), ("DocumentReference", "create"), ("Provenance", "provenance")]
     assert proof is writes[1]  # the new note version proves the write was applied
-    bundle = bundle_for(writes, conditional=True)
+    bundle = bundle_for(writes, GENERIC)
     requests_ = [e["request"] for e in bundle["entry"]]
     assert requests_[0]["method"] == "PUT"
     assert requests_[0]["url"].startswith("Encounter?identifier=https://")
@@ -78,8 +89,8 @@ def test_new_record_creates_encounter_note_and_one_provenance(profile) -> None: 
 
 
 def test_without_conditional_ops_a_new_resource_is_a_plain_create(profile) -> None:  # type: ignore[no-untyped-def]
-    writes, _ = _plan(load_example("in-person-session.json"), profile)
-    bundle = bundle_for(writes, conditional=False)
+    writes, _ = _plan(load_example("in-person-session.json"), profile, plan=PLAIN)
+    bundle = bundle_for(writes, PLAIN)
     assert [e["request"] for e in bundle["entry"][:2]] == [
         {"method": "POST", "url": "Encounter"}, {"method": "POST", "url": "DocumentReference"}]
 
@@ -101,7 +112,7 @@ def test_amendment_supersedes_the_sent_version_and_replaces_it(profile) -> None:
     assert old["status"] == "superseded" and old["id"] == "doc-1"
     # the old note's content is the old note, byte for byte
     assert old["content"] == _plan(v1, profile)[0][1].resource["content"]
-    bundle = bundle_for(writes, conditional=True)
+    bundle = bundle_for(writes, GENERIC)
     # an update by id carries the version the ledger last saw (optimistic concurrency)
     assert bundle["entry"][0]["request"] == {"method": "PUT", "url": "Encounter/enc-1",
                                              "ifMatch": 'W/"1"'}
