@@ -12,8 +12,8 @@ look-up under test).
 from __future__ import annotations
 
 import base64
-import os
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,10 @@ def test_preset_lands_every_note_exactly_once_through_its_emulator(
         monkeypatch: pytest.MonkeyPatch) -> None:
     org_id = _seed(sekmet.base_url, preset)
     rules = preset
-    with EhrEmulator(sekmet.base_url, rules, drop_rate=float(os.environ.get("DROP", "0.1")), seed=int(os.environ.get("SEED", "7"))) as emu:
+    # 10 % of write answers lost after the EHR applied them (PEERSYNC_DROP/_SEED to vary)
+    drop = float(os.environ.get("PEERSYNC_DROP", "0.1"))
+    with EhrEmulator(sekmet.base_url, rules, drop_rate=drop,
+                     seed=int(os.environ.get("PEERSYNC_SEED", "7"))) as emu:
         env = Env(tmp_path / "home", emu.base_url, database_url, monkeypatch,
                   init_args=("--preset", preset))
         env.set_keys("sync", lookup_grace_s=1)

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from connector.config import parse_config
 from connector.records import EncounterRecord
 from connector.store import LedgerEntry
-from connector.config import parse_config
 from connector.sync import EmptyLedger, Refs, bundle_for, plan_record
 from connector.writeplan import WritePlan, resolve_plan
 from mappings import resources as _resources  # noqa: F401  (before mappings.notes: circular import)
