@@ -115,6 +115,7 @@ def _check_resource(report: CheckReport, plan: WritePlan, rtype: str,
         return
     listed = codes(resource.get("interaction"))
     missing = [i for i in needed if i not in listed]
+    hint = plan.why.get(rtype, f"preset {plan.preset.name}")
     params = {p.get("name") for p in resource.get("searchParam") or [] if isinstance(p, dict)}
     unsearchable = [p for p in searched if params and p not in params]
     if missing or unsearchable:
@@ -124,8 +125,14 @@ def _check_resource(report: CheckReport, plan: WritePlan, rtype: str,
         if unsearchable:
             parts.append(f"no search parameter {', '.join(unsearchable)}")
         report.add(name, "fail",
-                   f"{rtype} ({_doing(plan, rtype)}): " + "; ".join(parts)
-                   + " — choose the preset for this EHR, or override the [ehr] key")
+                   f"{rtype} ({_doing(plan, rtype)}, {hint}): " + "; ".join(parts)
+                   + " — choose the preset for this EHR"
+                   + (", or set ehr.create_encounters = false" if rtype == "Encounter"
+                      and plan.encounter == "create" else ""))
+        return
+    if searched and not params:
+        report.add(name, "warn", f"{rtype}: lists no search parameters (PeerSync searches by "
+                                 f"{', '.join(searched)})")
         return
     report.add(name, "ok", f"{rtype}: {', '.join(needed)}"
                + (f"; search by {', '.join(searched)}" if searched else ""))

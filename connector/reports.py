@@ -181,6 +181,10 @@ class RecordDetail:
                     "outcome_codes": detail.get("outcome_codes") or [],
                     "resources": detail.get("resources") or [],
                     "next_attempt_at": detail.get("next_attempt_at"),
+                    # what this EHR could not carry (not a failure), and how Part 2 travelled
+                    "omitted": detail.get("omitted") or [],
+                    "part2_form": detail.get("part2_form"),
+                    "preset": detail.get("preset"),
                 })
                 claimed = None
         return out

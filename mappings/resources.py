@@ -371,7 +371,3 @@ def map_provenance(
     if part2:
         data["meta"] = _part2_meta()
     return Provenance.model_validate(data)
-
-
-# The DocumentReference lives in mappings/notes.py (it imports the helpers above).
-from mappings.notes import map_document_reference, note_xhtml  # noqa: E402,F401

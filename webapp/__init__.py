@@ -200,6 +200,19 @@ def peersync_profile() -> Any:
     return cached
 
 
+def peersync_wiring() -> Any:
+    """This deployment's wiring (config, profile, write plan, EHR client): the CLI's own."""
+    from flask import current_app
+
+    from connector.wiring import Wiring
+
+    cached = current_app.extensions.get("peersync_wiring")
+    if cached is None:
+        cached = Wiring(config=peersync_config(), profile=peersync_profile())
+        current_app.extensions["peersync_wiring"] = cached
+    return cached
+
+
 def get_store() -> Any:
     """The store for this request (one engine per app, kept on the app)."""
     from flask import current_app

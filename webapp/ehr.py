@@ -16,14 +16,14 @@ from typing import Any
 from flask import current_app, flash
 
 from connector.errors import ConfigError, ConnectorError, EhrAuthError, EhrError
-from webapp import get_store, peersync_config, peersync_profile
+from webapp import get_store, peersync_config
 
 
 def ehr_client(*, timeout_s: float | None = None) -> Any:
     """A FHIR client for the configured EHR; close it (``with``). Raises ConfigError."""
-    from connector.actions import make_client
+    from webapp import peersync_wiring
 
-    return make_client(peersync_config(), peersync_profile(), timeout_s=timeout_s)
+    return peersync_wiring().client(timeout_s=timeout_s)
 
 
 def sync_pass(actor: str) -> None:
@@ -36,12 +36,12 @@ def sync_pass(actor: str) -> None:
         return
     import uuid
 
-    from connector.sync import SyncEngine, SyncSummary
+    from connector.sync import SyncSummary
+    from webapp import peersync_wiring
 
     try:
         with ehr_client() as client:
-            engine = SyncEngine(store=get_store(), client=client, profile=peersync_profile(),
-                                config=peersync_config(), worker=actor)
+            engine = peersync_wiring().engine(get_store(), client, worker=actor)
             engine.run_once(uuid.uuid4().hex, SyncSummary(), include_waiting=False)
     except (ConfigError, ConnectorError) as exc:
         current_app.logger.warning("sync after an action did not run: %s", exc)

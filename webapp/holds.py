@@ -84,3 +84,35 @@ def look_again() -> Any:
     flash(f"{released} record(s) of participant {participant_id} put back in line.", "info")
     sync_pass(user.actor)
     return redirect(url_for("holds.encounter"))
+
+
+@bp.post("/encounter/link")
+@roles("admin")
+def link_encounter() -> Any:
+    """Attach one record's note to the EHR Encounter the admin names (as `peersync link
+    encounter`): for sessions with several EHR Encounters, or none found by time."""
+    from connector.actions import link
+    from connector.errors import EhrError
+    from webapp.ehr import ehr_client
+
+    source = request.form.get("source", "")
+    record_id = request.form.get("record", "")
+    encounter_id = request.form.get("encounter_id", "").strip()
+    if not (source and record_id) or len(encounter_id) > 64:
+        abort(400)
+    if not encounter_id:
+        flash("Enter the EHR's Encounter id.", "error")
+        return redirect(url_for("holds.encounter"))
+    user = me()
+    try:
+        with ehr_client() as client:
+            linked = link(get_store(), client, "encounter", f"{source}|{record_id}",
+                          "Encounter", encounter_id, JobState.WAITING_ENCOUNTER,
+                          actor=user.actor, source=source, record_id=record_id)
+    except (EhrError, ValueError) as exc:
+        flash(f"Encounter/{encounter_id} could not be linked: {exc}", "error")
+        return redirect(url_for("holds.encounter"))
+    flash(f"Record {record_id} linked to {linked.reference}; {linked.released} record(s) "
+          "released.", "info")
+    sync_pass(user.actor)
+    return redirect(url_for("holds.encounter"))

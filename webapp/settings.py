@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, render_template
 
 from connector.setup_check import check_setup, render_config
-from webapp import get_store, peersync_config, peersync_profile
+from webapp import get_store, peersync_config, peersync_profile, peersync_wiring
 from webapp.access import roles
 from webapp.ehr import ehr_client
 
@@ -32,5 +32,5 @@ def index() -> str:
 def test_connection() -> str:
     config = peersync_config()
     report = check_setup(config, profile=peersync_profile(), store=get_store(),
-                         client_factory=ehr_client)
+                         client_factory=ehr_client, wiring=peersync_wiring())
     return _page(report)

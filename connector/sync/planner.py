@@ -111,6 +111,7 @@ def plan_record(
         shape = NoteShape(
             content_type=rules.content_type_update if update else rules.content_type,
             part2_trailer=not part2_in_labels,
+            identifiers=rules.keeps_identifiers,  # never rely on (or send) what is dropped
             marker_key=marker_key if rules.find_by == "marker" else None,
             doc_status=choices.pop("doc_status", "final"),
             relates_to=rules.keeps_relates_to,

@@ -35,16 +35,16 @@ CATALOGUE: tuple[ResourceKind, ...] = (
                  (CREATE, MATCH), searches=("identifier",)),
     ResourceKind("Practitioner", "the specialist, the note's author",
                  (CREATE, MATCH), searches=("identifier",)),
-    ResourceKind("Organization", "the agency, the note's custodian",
-                 (CREATE, MATCH, NONE), searches=("identifier",)),
-    ResourceKind("Device", "the connector, Provenance's transmitter",
-                 (CREATE, MATCH, NONE), searches=("identifier",)),
     ResourceKind("Encounter", "the session",
                  (WRITE, MATCH, CONTAINED), stage=0, searches=("identifier",)),
     ResourceKind("DocumentReference", "the note, one per version or amended in place",
                  (WRITE,), stage=1, searches=("identifier",)),
     ResourceKind("Provenance", "who wrote and who sent each change",
                  (CREATE, NONE), stage=2, searches=("target",)),
+    ResourceKind("Organization", "the agency, the note's custodian",
+                 (CREATE, MATCH, NONE), searches=("identifier",)),
+    ResourceKind("Device", "the connector, Provenance's transmitter",
+                 (CREATE, MATCH, NONE), searches=("identifier",)),
 )
 BY_NAME = {kind.name: kind for kind in CATALOGUE}
 STAGES: tuple[str, ...] = tuple(

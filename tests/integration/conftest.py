@@ -61,9 +61,17 @@ class Env:
     def all(self, resource_type: str) -> list[dict[str, Any]]:
         return self.search(resource_type)
 
-    def configure(self, **ehr: Any) -> None:
-        """Set [ehr] keys in peersync.toml (as an operator would edit the file)."""
-        self.set_keys("ehr", **ehr)
+    def configure(self, **keys: Any) -> None:
+        """Set keys in peersync.toml wherever they stand (commented out or not), as an
+        operator would edit the file; a key not in the file goes into [ehr]."""
+        path = self.home / "peersync.toml"
+        text = path.read_text(encoding="utf-8")
+        for key, value in keys.items():
+            rendered = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+            text, n = re.subn(rf"(?m)^(?:# )?{key} = .*$", f"{key} = {rendered}", text, count=1)
+            if n == 0:
+                text = text.replace("[ehr]\n", f"[ehr]\n{key} = {rendered}\n", 1)
+        path.write_text(text, encoding="utf-8")
 
     def set_keys(self, table: str, **keys: Any) -> None:
         """Set keys of one table in peersync.toml: uncomment or replace them, else add them."""

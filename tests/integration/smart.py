@@ -81,7 +81,7 @@ def configure_smart(home: Path, key_file: Path, *, client_id: str = "peersync",
     ])
     text, n = re.subn(r'(?m)^type = "none".*$', lambda _m: block, text, count=1)
     assert n == 1
-    text, n = re.subn(r"(?m)^mode = .*$", f'mode = "{mode}"', text, count=1)
+    text, n = re.subn(r"(?m)^(?:# )?mode = .*$", f'mode = "{mode}"', text, count=1)
     assert n == 1
     path.write_text(text, encoding="utf-8")
 

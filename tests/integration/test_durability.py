@@ -500,8 +500,8 @@ def test_workers_starting_together_create_agency_and_practitioner_once(
                     engine = SyncEngine(store=store, client=client, profile=profile,
                                         config=config)
                     barrier.wait(timeout=30)
-                    ensure_agency(store, client, profile)
-                    engine._resolve_practitioner(record)
+                    ensure_agency(store, client, profile, engine.plan)
+                    engine.refs.practitioner(record)
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
             finally:

@@ -78,7 +78,7 @@ def test_batch_mode_is_ok_on_sekmet(env: Env) -> None:
     env.configure(mode="batch")
     result = env.run("config", "check")
     found = checks(result.stdout)
-    assert found["mode"] == ("OK", "batch: listed in rest.interaction")
+    assert found["mode"] == ("OK", "batch: listed in rest.interaction (ehr.mode = 'batch')")
     assert not [n for n, (s, _) in found.items() if s != "OK"], result.stdout
 
 

@@ -145,7 +145,7 @@ def test_exact_scopes_sync_the_contract_examples_once(
     env.run("config", "check")
     env.import_(*FIRST_IMPORT)
     out = env.run("sync").stdout
-    assert "(single mode)" in out
+    assert "single mode)" in out
 
     counts = env.status()
     assert counts["synced"] == 5

@@ -31,6 +31,7 @@ from fhir.resources.R4B.provenance import Provenance
 
 from connector.errors import RecordInvalid
 from connector.records import EncounterRecord
+from mappings import notes
 from mappings import resources as res
 from mappings.profile import Profile, default_profile_path, load_profile
 
@@ -156,7 +157,7 @@ def _encounter(record: EncounterRecord, profile: Profile, **kw: Any) -> dict[str
 
 def _docref(record: EncounterRecord, profile: Profile, **kw: Any) -> dict[str, Any]:
     kw.setdefault("encounter_ref", ENCOUNTER)
-    model = res.map_document_reference(
+    model = notes.map_document_reference(
         record, profile, patient_ref=PATIENT, practitioner_ref=PRACTITIONER, **kw
     )
     return json.loads(model.model_dump_json())
@@ -205,7 +206,7 @@ def _builders(profile: Profile) -> dict[str, tuple[Any, Callable[[EncounterRecor
         ),
         "DocumentReference": (
             DocumentReference,
-            lambda r: res.map_document_reference(
+            lambda r: notes.map_document_reference(
                 r,
                 profile,
                 patient_ref=PATIENT,
@@ -216,7 +217,7 @@ def _builders(profile: Profile) -> dict[str, tuple[Any, Callable[[EncounterRecor
         ),
         "DocumentReference-xhtml": (
             DocumentReference,
-            lambda r: res.map_document_reference(
+            lambda r: notes.map_document_reference(
                 r,
                 profile,
                 patient_ref=PATIENT,
@@ -755,7 +756,7 @@ def test_xhtml_mode_escapes_and_is_well_formed(profile: Profile, session: Encoun
 def test_xhtml_helper_matches_the_attachment(profile: Profile, session: EncounterRecord) -> None:
     assert session.note is not None
     doc = _docref(session, profile, note_format=res.NOTE_XHTML)
-    assert _decoded(doc["content"][0]["attachment"]).decode() == res.note_xhtml(session.note.text)
+    assert _decoded(doc["content"][0]["attachment"]).decode() == notes.note_xhtml(session.note.text)
 
 
 def _notice(profile: Profile) -> str:

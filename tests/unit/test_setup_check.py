@@ -159,7 +159,7 @@ def test_encounter_create_needed_only_when_peersync_creates_encounters(
     resource(cs, "Encounter")["interaction"] = [{"code": "read"}, {"code": "search-type"}]
     state, detail = status(compare(cs, config, profile), "capability Encounter")
     assert state == "fail" and "does not list create, update" in detail
-    assert "[ehr]" in detail
+    assert "ehr.create_encounters = false" in detail  # names the key to change
     # notes attached to the EHR's own Encounter: found by subject + date, never written
     owned = with_ehr(config, create_encounters=False, conditional=False)
     assert status(compare(cs, owned, profile), "capability Encounter")[0] == "ok"
