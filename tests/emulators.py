@@ -38,21 +38,19 @@ EHR already holds): Practitioners for staff, Encounters for sessions.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import http.client
 import json
 import random
 import re
-import socket
-import struct
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+
+from tests.loopback_proxy import HOP, LoopbackServer, ProxyHandler
 
 RULES = ("us-core-notes", "epic", "oracle-health", "no-conditional", "generic")
 CAPABILITIES = Path(__file__).resolve().parent / "data" / "capabilities"
@@ -65,10 +63,6 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 # Always accepted on a search: page size, format, and the paging offset sekmet's next links carry.
 ALWAYS_PARAMS = frozenset({"_count", "_format", "_offset"})
-_HOP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-    "upgrade", "content-length", "host",
-})
 _TYPE = re.compile(r"^[A-Z][A-Za-z]+$")
 _LOCATION = re.compile(r"/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
 _CONDITIONAL_READ = ("if-none-match", "if-modified-since")
@@ -268,82 +262,6 @@ def _classify(method: str, segs: list[str]) -> tuple[str, str | None]:
     return "unknown", rtype
 
 
-# -- the HTTP plumbing (as tests/faultproxy.py) --------------------------------
-
-class _Abort(Exception):
-    """Raised inside a handler to drop the connection without an answer."""
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # so that server_close() joins every handler thread
-    block_on_close = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(self, emulator: EhrEmulator) -> None:
-        self.emulator = emulator
-        self.aborted: set[int] = set()
-        self.aborted_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.aborted_lock:
-            abort = id(request) in self.aborted
-            self.aborted.discard(id(request))
-        if abort:
-            self.close_request(request)  # SO_LINGER 0 set: an RST, no FIN
-        else:
-            super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that went away is not an error of ours
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-        pass
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except (_Abort, OSError):
-            self.close_connection = True
-
-    def _any(self) -> None:
-        self.server.emulator._serve(self)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _any
-
-    def read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.close_connection = True
-        self.send_response(status)
-        for name, value in headers:
-            if name.lower() not in _HOP:
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD" and body:
-            self.wfile.write(body)
-        self.wfile.flush()
-
-    def reset(self) -> NoReturn:
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       struct.pack("ii", 1, 0))
-        with self.server.aborted_lock:
-            self.server.aborted.add(id(self.request))
-        raise _Abort
-
-
 # -- the emulator ----------------------------------------------------------------
 
 class EhrEmulator:
@@ -371,7 +289,7 @@ class EhrEmulator:
         self.capability: dict[str, Any] = {}
         self._resources: dict[str, dict[str, Any]] = {}
         self._system: set[str] = set()
-        self._server: _Server | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------
@@ -382,7 +300,7 @@ class EhrEmulator:
         self._resources = {r["type"]: r for r in rest.get("resource", [])}
         self._system = {i["code"] for i in rest.get("interaction", [])}
         self._system |= {"$" + o["name"] for o in rest.get("operation", [])}
-        self._server = _Server(self)
+        self._server = LoopbackServer(self)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1},
                                         name=f"ehr-emulator-{self.rules_name}", daemon=True)
@@ -564,14 +482,14 @@ class EhrEmulator:
 
     # -- serving ------------------------------------------------------------------------
 
-    def _refuse(self, handler: _Handler, path: str, refusal: _Refuse) -> None:
+    def _refuse(self, handler: ProxyHandler, path: str, refusal: _Refuse) -> None:
         with self._lock:
             self.refused.append(Refusal(handler.command, path, refusal.status, refusal.reason))
         handler.answer(refusal.status, [("Content-Type", "application/fhir+json")],
                        _outcome(refusal.code, refusal.reason if refusal.reason.startswith(
                            self.rules_name) else f"{self.rules_name}: {refusal.reason}"))
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: ProxyHandler) -> None:
         method, body = handler.command, handler.read_body()
         parts = urlsplit(handler.path)
         path = parts.path
@@ -585,7 +503,7 @@ class EhrEmulator:
                 self.upstream_origin.encode(), self.origin.encode())
             handler.answer(200, [("Content-Type", "application/fhir+json")], payload)
             return
-        headers = {k.lower(): v for k, v in handler.headers.items() if k.lower() not in _HOP}
+        headers = {k.lower(): v for k, v in handler.headers.items() if k.lower() not in HOP}
         params = parse_qsl(parts.query, keep_blank_values=True)
         resource: Any = None
         try:

@@ -32,107 +32,17 @@ exactly that point.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import random
-import socket
-import struct
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NoReturn
 from urllib.parse import urlsplit
+
+from tests.loopback_proxy import HOP, LoopbackServer, ProxyHandler
 
 FAULT_KINDS = ("status_5xx", "throttle_429", "reset_before", "reset_after", "timeout_after",
                "gateway_504_after")
 WRITE_METHODS = frozenset({"POST", "PUT"})
-# Hop-by-hop headers (RFC 9110 7.6.1) and the ones we set ourselves.
-_HOP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-    "upgrade", "content-length", "host",
-})
-
-
-class _Abort(Exception):
-    """Raised inside a handler to drop the connection without an answer."""
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # so that server_close() joins every handler thread
-    block_on_close = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(self, proxy: FaultProxy) -> None:
-        self.proxy = proxy
-        self.aborted: set[int] = set()  # ids of client sockets to reset, not shut down
-        self.aborted_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.aborted_lock:
-            abort = id(request) in self.aborted
-            self.aborted.discard(id(request))
-        if abort:
-            # No FIN first: close() with SO_LINGER 0 sends an RST.
-            self.close_request(request)
-        else:
-            super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that went away (e.g. killed mid-request) is not an error of ours.
-        self.proxy._count("handler_errors")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-        pass
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except _Abort:
-            self.close_connection = True
-        except (ConnectionError, TimeoutError, OSError):
-            self.close_connection = True
-
-    def _any(self) -> None:
-        self.server.proxy._serve(self)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _any
-
-    # -- helpers used by the proxy ------------------------------------------
-
-    def read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.close_connection = True
-        self.send_response(status)
-        for name, value in headers:
-            if name.lower() not in _HOP:
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD" and body:
-            self.wfile.write(body)
-        self.wfile.flush()
-
-    def reset(self) -> NoReturn:
-        """Drop the client's connection with an RST, answering nothing."""
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       struct.pack("ii", 1, 0))
-        with self.server.aborted_lock:
-            self.server.aborted.add(id(self.request))
-        raise _Abort
-
 
 class FaultProxy:
     """A reverse proxy in front of ``upstream`` (``http://127.0.0.1:<port>``, any path kept)."""
@@ -172,13 +82,16 @@ class FaultProxy:
         self._armed: tuple[str, int, tuple[str, ...]] | None = None  # (phase, nth, paths)
         self.paused = threading.Event()  # set while an armed request is held
         self._release = threading.Event()
-        self._server: _Server | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
+
+    def on_handler_error(self) -> None:
+        self._count("handler_errors")
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> FaultProxy:
-        self._server = _Server(self)
+        self._server = LoopbackServer(self)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1},
                                         name="fault-proxy", daemon=True)
@@ -301,7 +214,7 @@ class FaultProxy:
         self.paused.set()
         self._release.wait(timeout=120)
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: ProxyHandler) -> None:
         method = handler.command
         body = handler.read_body()
         if self.delay_s and method in self.delay_methods and self._stopping.wait(self.delay_s):
@@ -340,11 +253,12 @@ class FaultProxy:
             return
         handler.answer(status, headers, payload)
 
-    def _forward(self, handler: _Handler, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _forward(self, handler: ProxyHandler, body: bytes
+                 ) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port,
                                           timeout=self.upstream_timeout_s)
         try:
-            headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP}
+            headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP}
             headers["Host"] = f"{self.upstream_host}:{self.upstream_port}"
             headers["Connection"] = "close"
             if body or handler.command in WRITE_METHODS:

@@ -16,9 +16,16 @@ bp = Blueprint("settings", __name__, url_prefix="/settings")
 
 
 def _page(report: Any = None) -> str:
+    from connector.writeplan import resolve_plan
+
     config = peersync_config()
+    profile = peersync_profile()
+    # the plan resolved against the EHR's statement after a test, else from the config alone
+    plan = report.plan if report is not None and report.plan is not None else \
+        resolve_plan(config.ehr, folder=config.folder)
     return render_template("settings.html", config_text=render_config(config),
-                           profile=peersync_profile(), config=config, report=report)
+                           profile=profile, config=config, report=report, plan=plan,
+                           plan_rows=plan.rows(create_patients=profile.create_patients))
 
 
 @bp.get("/")

@@ -61,20 +61,16 @@ def _seed(upstream: str, preset: str) -> str:
                                              "value": profile.organization.value}]}).id
     seed_practitioners(upstream, profile, STAFF)
     if preset in ("epic", "oracle-health"):
-        sessions = [(patients["MRN-55821"], "2026-11-20T13:55:00-05:00",
-                     "2026-11-20T15:00:00-05:00"),
-                    (patients["MRN-60210"], "2026-11-21T08:55:00-05:00",
-                     "2026-11-21T09:30:00-05:00"),
-                    (patients["MRN-61877"], "2026-11-21T17:55:00-05:00",
-                     "2026-11-21T19:35:00-05:00"),
-                    (patients["MRN-70011"], "2026-11-22T12:55:00-06:00",
-                     "2026-11-22T13:45:00-06:00"),
-                    (patients["MRN-70012"], "2026-11-22T14:55:00-06:00",
-                     "2026-11-22T15:35:00-06:00"),
-                    (patients["MRN-70013"], "2026-11-22T09:55:00-05:00",
-                     "2026-11-22T10:50:00-05:00"),
-                    (patients["MRN-60210"], "2026-11-23T08:55:00-05:00",
-                     "2026-11-23T09:30:00-05:00")]
+        # each session's own Encounter, five minutes either side (the front desk's times)
+        booked = [("MRN-55821", "2026-11-20", "13:55", "15:00", "-05:00"),
+                  ("MRN-60210", "2026-11-21", "08:55", "09:30", "-05:00"),
+                  ("MRN-61877", "2026-11-21", "17:55", "19:35", "-05:00"),
+                  ("MRN-70011", "2026-11-22", "12:55", "13:45", "-06:00"),
+                  ("MRN-70012", "2026-11-22", "14:55", "15:35", "-06:00"),
+                  ("MRN-70013", "2026-11-22", "09:55", "10:50", "-05:00"),
+                  ("MRN-60210", "2026-11-23", "08:55", "09:30", "-05:00")]
+        sessions = [(patients[mrn], f"{day}T{start}:00{tz}", f"{day}T{end}:00{tz}")
+                    for mrn, day, start, end, tz in booked]
         seed_encounters(upstream, sessions)
     return org
 
