@@ -73,13 +73,13 @@ class References:
         elif len(found) > 1:
             result = Wait(JobState.WAITING_PATIENT, f"mrn-matches-{len(found)}-patients")
         elif creates:
-            result = f"Patient/{self._create(record, 'Patient', token)}"
+            result = f"Patient/{self._create_patient_resource(record, token)}"
         else:
             result = Wait(JobState.WAITING_PATIENT, "mrn-no-match")
         self._patients[mrn] = result
         return result
 
-    def _create(self, record: EncounterRecord, resource_type: str, token: str) -> str:
+    def _create_patient_resource(self, record: EncounterRecord, token: str) -> str:
         from mappings.resources import map_patient
 
         written = self.ctx.client.create(
@@ -99,7 +99,8 @@ class References:
                 return f"Patient/{linked}"
             token = search_token(system, value)
             found = self.ctx.client.search("Patient", {"identifier": token})
-            ehr_id = found[0]["id"] if len(found) == 1 else self._create(record, "Patient", token)
+            ehr_id = (found[0]["id"] if len(found) == 1
+                      else self._create_patient_resource(record, token))
             self.ctx.store.set_link("patient", key, ehr_id, linked_by="create", conn=conn)
         return f"Patient/{ehr_id}"
 
