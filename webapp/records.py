@@ -136,6 +136,8 @@ def detail(job_id: int) -> str:
             shown[key] = empty
     store = get_store()
     ledger = store.ledger_for_record(record.job["source"], record.job["record_id"])
+    from connector.writeplan import resolve_plan
+
     base_url = peersync_config().ehr.base_url
     refresh = record.job["state"] in (JobState.PENDING.value, JobState.IN_FLIGHT.value)
     return render_template(
@@ -148,7 +150,8 @@ def detail(job_id: int) -> str:
         attempts=record.attempts,
         ledger=ledger,
         base_url=base_url,
-        mode=peersync_config().ehr.mode,
+        # the preset's mode unless [ehr] mode overrides it (no EHR request for "auto")
+        mode=resolve_plan(peersync_config().ehr, folder=peersync_config().folder).mode,
         can_retry=user.role in ("admin", "specialist")
         and record.job["state"] == JobState.NEEDS_ATTENTION.value,
         refresh=refresh,
