@@ -3,11 +3,14 @@
     .venv/bin/python scripts/bench.py import 100000          # intake + store, SQLite
     .venv/bin/python scripts/bench.py sync 2000 --mode transaction
     .venv/bin/python scripts/bench.py sync 500 --mode single
+    .venv/bin/python scripts/bench.py sync 300 --preset epic   # through the Epic emulator
 
 `import` generates N records (JSON Lines) and times `peersync import` into a
 fresh SQLite store; `sync` starts a local sekmet (in memory), seeds the sample
-patients, imports N records and times `peersync sync`. Each prints records/s
-and the process's peak RSS.
+patients, imports N records and times `peersync sync`; with `--preset` it syncs
+through that EHR's strict emulator (tests/emulators.py) with the EHR's own
+practitioners and encounters seeded first. Each prints records/s and the
+process's peak RSS.
 """
 
 from __future__ import annotations
@@ -66,29 +69,46 @@ def bench_import(n: int, home: Path) -> None:
           f"records/s; peak RSS {peak_rss_mib():.0f} MiB")
 
 
-def bench_sync(n: int, home: Path, mode: str, conditional: bool) -> None:
+def bench_sync(n: int, home: Path, mode: str | None, conditional: bool,
+               preset: str | None = None) -> None:
+    from contextlib import nullcontext
+
     from connector.demo import sample_paths, seed_patients
     from connector.ehr_sandbox import SekmetServer
     from connector.fhir_client import FhirClient
     from mappings.profile import default_profile_path, load_profile
 
     os.environ["PEERSYNC_HOME"] = str(home)
+    profile = load_profile(default_profile_path())
     with SekmetServer(home / "ehr") as ehr:
-        run("init", "--ehr-url", ehr.base_url)
-        config = home / "peersync.toml"
-        text = config.read_text().replace('mode = "transaction"', f'mode = "{mode}"')
-        if not conditional:
-            text = text.replace("conditional = true", "conditional = false")
-        config.write_text(text)
         with FhirClient(base_url=ehr.base_url, timeout_s=30) as client:
-            seed_patients(client, load_profile(default_profile_path()), sample_paths())
-        data = home / "records.jsonl"
-        generate(data, n)
-        run("import", str(data))
-        start = time.perf_counter()
-        run("sync")
-        took = time.perf_counter() - start
-    print(f"sync ({mode}, conditional={conditional}): {n} records in {took:.1f} s = "
+            seed_patients(client, profile, sample_paths())
+            patients = [p["id"] for p in client.search("Patient", {"_count": "100"})]
+        emulator: object = nullcontext()
+        if preset and preset != "generic":
+            from tests.emulators import EhrEmulator, seed_encounters, seed_practitioners
+
+            seed_practitioners(ehr.base_url, profile, [{"id": "S-17", "family": "Kim"}])
+            # every generated session is the sample's: one EHR Encounter per patient covers it
+            seed_encounters(ehr.base_url, [(pid, "2026-11-20T13:55:00-05:00",
+                                            "2026-11-20T15:00:00-05:00") for pid in patients])
+            emulator = EhrEmulator(ehr.base_url, preset)
+        with emulator as emu:
+            url = emu.base_url if emu is not None else ehr.base_url  # type: ignore[attr-defined]
+            run("init", "--ehr-url", url, "--preset", preset or "generic")
+            config = home / "peersync.toml"
+            keys = ([f'mode = "{mode}"'] if mode else []) + \
+                ([] if conditional else ["conditional = false"])
+            config.write_text(config.read_text().replace("[ehr]\n", "[ehr]\n" + "".join(
+                k + "\n" for k in keys), 1))
+            data = home / "records.jsonl"
+            generate(data, n)
+            run("import", str(data))
+            start = time.perf_counter()
+            run("sync")
+            took = time.perf_counter() - start
+    what = f"preset {preset or 'generic'}, mode {mode or 'from the preset'}"
+    print(f"sync ({what}, conditional={conditional}): {n} records in {took:.1f} s = "
           f"{n / took:,.0f} records/s; peak RSS {peak_rss_mib():.0f} MiB")
 
 
@@ -96,15 +116,16 @@ def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["import", "sync"])
     parser.add_argument("n", type=int)
-    parser.add_argument("--mode", default="transaction",
-                        choices=["transaction", "batch", "single"])
+    parser.add_argument("--mode", default=None, choices=["transaction", "batch", "single"])
+    parser.add_argument("--preset", default=None,
+                        choices=["generic", "us-core-notes", "epic", "oracle-health"])
     parser.add_argument("--no-conditional", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "import":
             bench_import(args.n, Path(tmp))
         else:
-            bench_sync(args.n, Path(tmp), args.mode, not args.no_conditional)
+            bench_sync(args.n, Path(tmp), args.mode, not args.no_conditional, args.preset)
 
 
 if __name__ == "__main__":
