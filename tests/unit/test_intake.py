@@ -213,7 +213,7 @@ def test_valid_variants(path: str, value: object) -> None:
 
 U = "unknown field (not in the contract)"
 M = "required field missing"
-DT = "must be an RFC 3339 date-time with a UTC offset"
+DT = "must be an RFC 3339 date-time with a UTC offset, within years 0001-9999 in UTC"
 D = "must be a real calendar date written YYYY-MM-DD"
 ID_MSG = "must be 1-64 characters, each a letter, digit, '.', '_' or '-'"
 
@@ -229,14 +229,14 @@ BAD: list[tuple[str, str, object, str, str, str | None, bool]] = [
     ("missing note.id", "note.id", DELETE, "note.id", M, None, True),
     ("missing note.text", "note.text", DELETE, "note.text", M, None, True),
     # unknown fields, at each level
-    ("unknown top", "colour", "cerulean", "colour", U, "cerulean", True),
-    ("unknown participant", "participant.nick", "Dee-Dee", "participant.nick", U, "Dee-Dee", True),
-    ("unknown specialist", "specialist.email", "a@b.org", "specialist.email", U, "a@b.org", True),
-    ("unknown service", "service.units", 987, "service.units", U, "987", True),
-    ("unknown note", "note.author", "Alex Kim", "note.author", U, "Alex Kim", True),
-    ("unknown consent", "consent.date", "2020-01-01", "consent.date", U, "2020-01-01", True),
-    ("unknown long name", "x" * 100, 1, "x" * 64 + "…", U, "x" * 65, True),
-    ("unknown control chars", "bad\x1b[2Jname", 1, "bad[2Jname", U, "\x1b", True),
+    ("unknown top", "colour", "cerulean", "<field 12>", U, "colour", True),
+    ("unknown participant", "participant.nick", "Dee", "participant.<field 6>", U, "nick", True),
+    ("unknown specialist", "specialist.email", "a@b.org", "specialist.<field 6>", U, "email", True),
+    ("unknown service", "service.units", 987, "service.<field 4>", U, "units", True),
+    ("unknown note", "note.author", "Alex Kim", "note.<field 8>", U, "author", True),
+    ("unknown consent", "consent.date", "2020-01-01", "consent.<field 3>", U, "date", True),
+    ("unknown long name", "x" * 100, 1, "<field 12>", U, "xx", True),
+    ("unknown control chars", "bad\x1b[2Jname", 1, "<field 12>", U, "bad", True),
     # wrong types
     ("group_size string", "service.group_size", "2", "service.group_size",
      "must be an integer", "'2'", True),
@@ -384,10 +384,10 @@ def test_all_errors_reported_not_just_the_first() -> None:
         "specialist.npi: not a valid NPI (check digit)",
         "specialist.id: required field missing",
         "note.version: must be at least 1",
-        "note.foo: unknown field (not in the contract)",
+        "note.<field 8>: unknown field (not in the contract)",
         "part2: must be a boolean (true or false)",
         "end: must not be before start",
-        "zzz: unknown field (not in the contract)",
+        "<field 12>: unknown field (not in the contract)",
     }
     assert all(line.startswith(f"{SRC}: record {POS} (id={ID}): ") for line in lines)
 
@@ -397,7 +397,11 @@ def test_several_unknown_fields_one_error_each() -> None:
     record["note"].update({"a": 1, "b": 2})
     record.update({"c": 3})
     lines = errors_of(record)
-    assert sorted(line.rsplit(": ", 2)[1] for line in lines) == ["c", "note.a", "note.b"]
+    assert sorted(line.rsplit(": ", 2)[1] for line in lines) == [
+        "<field 12>",
+        "note.<field 8>",
+        "note.<field 9>",
+    ]
 
 
 def test_several_missing_fields() -> None:
@@ -444,12 +448,12 @@ def test_exception_text_has_no_value() -> None:
 def test_fast_path_agrees_with_jsonschema(row: tuple[Any, ...]) -> None:
     """The compiled check may only say "valid" when jsonschema (and the value walk) do."""
     record = mutate(base(), row[1], row[2] if row[2] is DELETE else copy.deepcopy(row[2]))
-    assert intake._FAST_CHECK is not None
+    assert intake.validator._FAST_CHECK is not None
     reference = not any(intake.VALIDATOR.iter_errors(record)) and not any(
-        intake._walk_values(record)
+        intake.messages._walk_values(record)
     )
-    assert intake._FAST_CHECK(record) is reference
-    assert intake._FAST_CHECK(base()) is True
+    assert intake.validator._FAST_CHECK(record) is reference
+    assert intake.validator._FAST_CHECK(base()) is True
 
 
 # --------------------------------------------------------------------------
@@ -595,8 +599,8 @@ def test_json_array_unrecoverable_stops_with_file_error() -> None:
 
 @pytest.mark.parametrize("chunk", [256, 64 * 1024])
 def test_record_size_limit(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    monkeypatch.setattr(intake, "MAX_RECORD_SIZE", 1_000)
-    monkeypatch.setattr(intake, "CHUNK_SIZE", chunk)
+    monkeypatch.setattr(intake.limits, "MAX_RECORD_SIZE", 1_000)
+    monkeypatch.setattr(intake.limits, "CHUNK_SIZE", chunk)
     big = good_line("ps-big", note={"id": "N", "text": "z[{," * 1_000})
     filler = [good_line(f"ps-{i}") for i in range(10)]
     # JSON Lines: the long line is rejected, the next ones are still read
@@ -667,7 +671,7 @@ def test_json_array_invalid_utf8_element_rejected_others_kept() -> None:
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64])
 def test_json_array_any_chunk_boundaries(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
     """Elements, strings, escapes and multi-byte characters split at every place."""
-    monkeypatch.setattr(intake, "CHUNK_SIZE", chunk)
+    monkeypatch.setattr(intake.limits, "CHUNK_SIZE", chunk)
     note = 'Zoë said "hi" \\ back\nslash, [brackets] {braces} 😀 ' * 3
     items = [good_line(f"ps-{i}", note={"id": "N", "text": note}) for i in range(4)]
     items.insert(2, '{"id": "ps-bad", "note": {"text": "x" "y"}}')
@@ -684,7 +688,7 @@ def test_json_array_any_chunk_boundaries(monkeypatch: pytest.MonkeyPatch, chunk:
 
 @pytest.mark.parametrize("chunk", [1, 5])
 def test_jsonl_and_csv_any_chunk_boundaries(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    monkeypatch.setattr(intake, "CHUNK_SIZE", chunk)
+    monkeypatch.setattr(intake.limits, "CHUNK_SIZE", chunk)
     jsonl = collect(iter_records(DATA / "batch.jsonl", source=SRC))
     assert summary(jsonl) == [(1, "ok"), (2, "ok"), (3, "ok")]
     rows = collect(iter_records(DATA / "export.csv", source=SRC))
@@ -740,7 +744,7 @@ def test_format_detection(
 
 def test_leading_blank_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     """Leading blank lines are dropped as read (bounded memory), still counted."""
-    monkeypatch.setattr(intake, "CHUNK_SIZE", 16)
+    monkeypatch.setattr(intake.limits, "CHUNK_SIZE", 16)
     blank = "  \r\n" * 1_000
     jsonl = collect(iter_records(io.StringIO(blank + good_line("ps-a") + "\n{"), source=SRC))
     assert summary(jsonl) == [(1_001, "ok"), (1_002, "rejected")]
@@ -932,7 +936,8 @@ def test_csv_header_problems_reject_every_row() -> None:
     for r, rid in zip(results, ["ps-a", "ps-b"], strict=True):
         assert isinstance(r, Rejected)
         assert r.lines() == [
-            f"{SRC}: record {r.position} (id={rid}): colour: unknown field (not in the contract)",
+            f"{SRC}: record {r.position} (id={rid}): <column 13>: "
+            "its header names no field of the contract",
             f"{SRC}: record {r.position} (id={rid}): participant: is a group of fields, "
             "not a column: use its dotted fields (e.g. participant.id)",
         ]
@@ -974,12 +979,12 @@ def test_csv_wrong_cell_count_and_bad_quoting() -> None:
         (7, "ok"),
     ]
     assert results[0].lines() == [  # type: ignore[union-attr]
-        f"{SRC}: record 1 (id=ps-a): row has 13 cells but the header has 12 columns"
+        f"{SRC}: record 1 (id=ps-a): line 2: row has 13 cells but the header has 12 columns"
     ]
     assert results[2].lines() == [  # type: ignore[union-attr]
-        f"{SRC}: record 3 (id=ps-c): row has 2 cells but the header has 12 columns"
+        f"{SRC}: record 3 (id=ps-c): line 4: row has 2 cells but the header has 12 columns"
     ]
-    assert results[3].lines()[0].startswith(f"{SRC}: record 4: invalid CSV: ")  # type: ignore[union-attr]
+    assert results[3].lines()[0].startswith(f"{SRC}: record 4: invalid CSV at line 5: ")  # type: ignore[union-attr]
 
 
 def test_csv_invalid_utf8_cell_rejects_that_row_only() -> None:
@@ -1084,7 +1089,7 @@ def test_streams_lazily(fmt: str) -> None:
     results = iter_records(stream, source=SRC, format=fmt)
     first = next(results)
     assert isinstance(first, Accepted) and first.position == 1
-    assert stream.bytes_read <= 4 * intake.CHUNK_SIZE < stream.size
+    assert stream.bytes_read <= 4 * intake.limits.CHUNK_SIZE < stream.size
     rest = list(results)
     assert len(rest) == 1_999 and all(isinstance(r, Accepted) for r in rest)
     assert stream.bytes_read == stream.size
@@ -1123,3 +1128,111 @@ def test_memory_stays_bounded(fmt: str) -> None:
         tracemalloc.stop()
     assert seen == count + (1 if fmt == "json" else 0)
     assert peak < 1_000_000  # a third of the input; it does not grow with the input
+
+
+# --------------------------------------------------------------------------
+# Issue 8: the contract's limits, duplicate keys, broken CSV rows, JSON Lines by
+# content, and no header text or unknown key ever repeated
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("end", "9999-12-31T23:59:00-01:00", DT),
+        ("start", "0001-01-01T00:30:00+01:00", DT),
+        ("note.version", 2**31, "must be at most 2147483647"),
+        ("note.version", 2**63, "must be at most 2147483647"),
+        ("participant.id", "P\x00-1", "must not contain control characters"),
+        ("specialist.id", "S-\x1b17", "must not contain control characters"),
+        ("note.id", "N\x7f1", "must not contain control characters"),
+    ],
+)
+def test_contract_limits_are_enforced(path: str, value: object, message: str) -> None:
+    assert errors_of(mutate(base(), path, value)) == [
+        f"{SRC}: record {POS} (id={ID}): {path}: {message}"
+    ]
+
+
+def test_nesting_and_size_are_capped_and_errors_bounded() -> None:
+    deep: Any = "x"
+    for _ in range(50):
+        deep = [deep]
+    assert errors_of(mutate(base(), "note.text", deep))[0].endswith(
+        "nested too deeply (over 16 levels)"
+    )
+    wide = base() | {f"k{i}": i for i in range(10_000)}
+    assert errors_of(wide) == [
+        f"{SRC}: record {POS} (id={ID}): too many fields (over 5000 in one record)"
+    ]
+    many = base() | {f"k{i}": i for i in range(300)}
+    lines = errors_of(many)
+    assert len(lines) == 50 and lines[-1].endswith("more errors not shown (at most 50 listed)")
+
+
+def test_duplicate_json_keys_are_rejected_by_path_without_the_value() -> None:
+    good = json.dumps(base())
+    dup = good[:-1] + ', "participant": {"id": "Dana-Lopez"}, "colour": 1, "colour": 2}'
+    nested = good.replace('"mrn": "MRN-55821"', '"mrn": "MRN-55821", "mrn": "MRN-99999"')
+    text = "\n".join([good.replace(ID, "ps-one"), dup, nested]) + "\n"
+    results = collect(iter_records(io.BytesIO(text.encode()), source=SRC, format="jsonl"))
+    assert summary(results) == [(1, "ok"), (2, "rejected"), (3, "rejected")]
+    assert results[1].lines() == [  # type: ignore[union-attr]
+        f"{SRC}: record 2 (id={ID}): participant: given more than once (duplicate key)",
+        f"{SRC}: record 2 (id={ID}): <field 12>: given more than once (duplicate key)",
+    ]
+    assert results[2].lines() == [  # type: ignore[union-attr]
+        f"{SRC}: record 3 (id={ID}): participant.mrn: given more than once (duplicate key)"
+    ]
+    for r in results[1:]:
+        assert "Dana" not in r.error.describe() and "99999" not in r.error.describe()  # type: ignore[union-attr]
+
+
+def test_csv_unterminated_quote_never_swallows_the_next_rows() -> None:
+    text = (
+        "\n".join(
+            [
+                HEADER,
+                csv_row("ps-a"),
+                csv_row("ps-b", **{"note.text": '"Dana said'}),
+                csv_row("ps-c"),
+                csv_row("ps-d"),
+            ]
+        )
+        + "\n"
+    )
+    results = run_csv(text)
+    assert summary(results) == [(1, "ok"), (2, "rejected"), (3, "ok"), (4, "ok")]
+    assert [r.record.id for r in results if isinstance(r, Accepted)] == ["ps-a", "ps-c", "ps-d"]
+    assert results[1].lines()[0].startswith(f"{SRC}: record 2: invalid CSV at line 3: ")  # type: ignore[union-attr]
+    assert "Dana" not in results[1].error.describe()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", ["records.json", "records.txt", None])
+def test_json_lines_with_a_broken_first_line_is_read_line_by_line(
+    tmp_path: Path, name: str | None
+) -> None:
+    lines = [json.dumps(mutate(base(), "id", f"ps-{c}")) for c in "abc"]
+    text = '{"id": "ps-broken", "note": {"text": "Dana\n' + "\n".join(lines) + "\n"
+    if name is None:  # stdin
+        results = collect(iter_records(io.BytesIO(text.encode()), source=SRC))
+    else:
+        (tmp_path / name).write_text(text)
+        results = collect(iter_records(tmp_path / name, source=SRC))
+    assert summary(results) == [(1, "rejected"), (2, "ok"), (3, "ok"), (4, "ok")]
+    assert "Dana" not in results[0].error.describe()  # type: ignore[union-attr]
+
+
+def test_csv_without_its_header_row_names_no_header_text() -> None:
+    rows = [
+        csv_row("ps-a", **{"participant.mrn": "MRN-55821", "note.text": "Dana slept"}),
+        csv_row("ps-b"),
+    ]
+    results = run_csv("\n".join(rows) + "\n")
+    assert summary(results) == [(0, "rejected"), (1, "rejected")]
+    text = " ".join(line for r in results for line in r.lines())  # type: ignore[union-attr]
+    assert "first row is not a header of contract paths" in text
+    assert "MRN-55821" not in text and "Dana" not in text and "P-1" not in text
+    unknown = run_csv(HEADER + ",Dana Lopez\n" + csv_row("ps-a") + ",x\n")
+    assert unknown[0].lines() == [  # type: ignore[union-attr]
+        f"{SRC}: record 1 (id=ps-a): <column 13>: its header names no field of the contract"
+    ]

@@ -850,3 +850,72 @@ def test_a_worker_that_lost_its_lease_cannot_overwrite_the_new_holder(store: Sto
     with store.begin() as conn:
         assert store.finish(conn, second, JobState.SYNCED, actor="w2") is True
     assert job_row(store, first.id)["state"] == JobState.SYNCED
+
+
+# -- issue 8: a row the database refuses is named; the rest of the batch is kept --
+
+
+def _hostile(id: str, path: str, value: Any) -> EncounterRecord:
+    """A record built through the Python API (no intake checks) with one bad value."""
+    data = copy.deepcopy(example_dict("in-person-session.json"))
+    data["id"] = id
+    group, _, leaf = path.rpartition(".")
+    (data[group] if group else data)[leaf] = value
+    return EncounterRecord.from_dict(SRC, data)
+
+
+def test_a_refused_row_is_named_and_the_rest_of_the_batch_kept(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "Dana\x00Lopez-MRN-55821"
+    batch = [
+        make(id="ps-good-a"),
+        _hostile("ps-big-version", "note.version", 2**63),
+        _hostile("ps-early-start", "start", "0001-01-01T00:30:00+01:00"),
+        _hostile("ps-nul-participant", "participant.id", secret),
+        make(id="ps-good-b"),
+    ]
+    with caplog.at_level("WARNING"):
+        summary = store.add_records(batch, actor=ACTOR)
+    refused = {(r.record_id, r.field) for r in summary.refused}
+    expected = {
+        ("ps-big-version", "note.version"),
+        ("ps-early-start", "start"),
+    }
+    if store.dialect == "postgresql":  # SQLite stores a NUL in text; PostgreSQL refuses it
+        expected.add(("ps-nul-participant", "participant.id"))
+    assert refused == expected
+    assert summary.new_versions == len(batch) - len(expected)
+    stored = {row["record_id"] for row in store.jobs_overview()}
+    assert {"ps-good-a", "ps-good-b"} <= stored
+    assert not stored & {rid for rid, _ in expected}
+    text = caplog.text + "".join(str(r) for r in summary.refused)
+    for rid, field in expected:
+        assert f"id={rid}" in text and field in text
+    assert "Dana" not in text and "55821" not in text and str(2**63) not in text
+
+
+def test_engines_hide_sql_parameters(store: Store) -> None:
+    assert store.engine.hide_parameters is True
+
+
+def test_a_new_sqlite_database_and_its_wal_files_are_private(tmp_path: Any) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "peersync.db"
+        store = Store.from_url(f"sqlite:///{path}")
+        try:
+            store.migrate()
+            store.add_records([make(id="ps-private")], actor=ACTOR)
+            files = [path, tmp_path / "peersync.db-wal", tmp_path / "peersync.db-shm"]
+            with store.engine.connect():
+                modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files if f.exists()}
+        finally:
+            store.close()
+    finally:
+        os.umask(old)
+    assert set(modes) == {"peersync.db", "peersync.db-wal", "peersync.db-shm"}
+    assert set(modes.values()) == {0o600}, modes

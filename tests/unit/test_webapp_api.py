@@ -144,3 +144,22 @@ def test_metrics(app: Flask, tokens: dict[str, Any], home: Home) -> None:
     assert 'peersync_sync_latency_seconds_bucket{le="+Inf"} 1' in text
     assert 'peersync_sync_latency_seconds_bucket{le="86400"} 1' in text
     assert "peersync_sync_latency_seconds_count 1" in text
+
+
+def test_a_duplicated_key_rejects_its_record_and_keeps_the_others(
+        app: Flask, tokens: dict[str, Any]) -> None:
+    """Finding 2: the last value of a repeated key never wins silently on the API either."""
+    good = json.dumps(example_dict("in-person-session.json"))
+    twice = json.dumps(dict(example_dict("in-person-session.json"), id="ps-twice"))
+    again = '"id": "ps-twice", "end": "2026-11-20T15:00:00-05:00"'
+    twice = twice.replace('"id": "ps-twice"', again)
+    response = app.test_client().post("/api/v1/encounters", data=f"[{good}, {twice}]",
+                                      content_type="application/json",
+                                      headers=_auth(tokens["a"]))
+    assert response.status_code == 202
+    body = response.get_json()
+    assert (body["accepted"], body["rejected"]) == (1, 1)
+    second = body["results"][1]
+    assert second["id"] == "ps-twice" and second["status"] == "rejected"
+    assert any(e["path"] == "end" and "more than once" in e["message"] for e in second["errors"])
+    assert "15:00" not in json.dumps(body)

@@ -56,7 +56,14 @@ GOOD = {
 def _records(home: Home) -> list[Any]:
     store = home.store()
     try:
-        return list(store.iter_record_versions())
+        from sqlalchemy import select
+
+        from connector.schema import record_versions
+
+        with store.engine.connect() as conn:
+            ids = conn.execute(select(record_versions.c.id)).scalars().all()
+        loaded = store.load_records(ids)
+        return [loaded[i] for i in sorted(loaded)]
     finally:
         store.close()
 

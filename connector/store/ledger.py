@@ -1,0 +1,161 @@
+"""The write ledger (our identifier -> EHR id/version) and links (our key -> EHR id)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+
+from connector.schema import (
+    ledger,
+    links,
+)
+from connector.store.base import Job, LedgerEntry, utcnow
+from connector.store.engine import StoreCore
+
+
+class LedgerMixin(StoreCore):
+    # -- ledger -----------------------------------------------------------
+
+    def ledger_add(
+        self,
+        conn: Connection,
+        *,
+        resource_type: str,
+        system: str,
+        value: str,
+        ehr_id: str | None,
+        ehr_version: str | None,
+        action: str,
+        job: Job | None = None,
+        state: str = "confirmed",
+    ) -> None:
+        conn.execute(
+            insert(ledger).values(
+                record_version_id=job.record_version_id if job else None,
+                source=job.source if job else None,
+                record_id=job.record_id if job else None,
+                resource_type=resource_type,
+                identifier_system=system,
+                identifier_value=value,
+                ehr_id=ehr_id,
+                ehr_version=ehr_version,
+                action=action,
+                state=state,
+                written_at=utcnow(),
+            )
+        )
+
+    def ledger_latest(self, resource_type: str, system: str, value: str) -> LedgerEntry | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(ledger)
+                .where(
+                    ledger.c.resource_type == resource_type,
+                    ledger.c.identifier_system == system,
+                    ledger.c.identifier_value == value,
+                )
+                .order_by(ledger.c.id.desc())
+                .limit(1)
+            ).first()
+        return _ledger_entry(row) if row else None
+
+    def ledger_snapshot(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[LedgerEntry]]:
+        """Every ledger row of these records, oldest first, in one query (per claimed batch)."""
+        found: dict[tuple[str, str], list[LedgerEntry]] = {key: [] for key in keys}
+        if not keys:
+            return found
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ledger)
+                .where(tuple_(ledger.c.source, ledger.c.record_id).in_(list(set(keys))))
+                .order_by(ledger.c.id)
+            )
+            for row in rows:
+                found.setdefault((row.source, row.record_id), []).append(_ledger_entry(row))
+        return found
+
+    def ledger_for_record(
+        self, source: str, record_id: str, resource_type: str | None = None
+    ) -> list[LedgerEntry]:
+        """The newest ledger entry per identifier written for one record, oldest first."""
+        query = select(ledger).where(ledger.c.source == source, ledger.c.record_id == record_id)
+        if resource_type:
+            query = query.where(ledger.c.resource_type == resource_type)
+        newest: dict[tuple[str, str, str], LedgerEntry] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query.order_by(ledger.c.id)):
+                entry = _ledger_entry(row)
+                newest[(entry.resource_type, entry.identifier_system, entry.identifier_value)] = (
+                    entry
+                )
+        return list(newest.values())
+
+    # -- links ------------------------------------------------------------
+
+    def get_link(self, kind: str, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(links.c.ehr_id).where(links.c.kind == kind, links.c.key == key)
+            ).scalar_one_or_none()
+
+    def set_link(
+        self,
+        kind: str,
+        key: str,
+        ehr_id: str,
+        *,
+        linked_by: str,
+        conn: Connection | None = None,
+    ) -> None:
+        def write(c: Connection) -> None:
+            now = utcnow()
+            changed = c.execute(
+                update(links)
+                .where(links.c.kind == kind, links.c.key == key)
+                .values(ehr_id=ehr_id, linked_by=linked_by, linked_at=now)
+            ).rowcount
+            if not changed:
+                c.execute(
+                    insert(links).values(
+                        kind=kind, key=key, ehr_id=ehr_id, linked_by=linked_by, linked_at=now
+                    )
+                )
+            self.audit(
+                c,
+                actor=linked_by,
+                action="link.set",
+                detail={
+                    "kind": kind,
+                    "ehr_id": ehr_id,
+                    **({"key": key} if kind in ("practitioner", "organization", "device") else {}),
+                },
+            )
+
+        if conn is not None:
+            write(conn)
+        else:
+            with self.begin() as c:
+                write(c)
+
+
+def _ledger_entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(
+        resource_type=row.resource_type,
+        identifier_system=row.identifier_system,
+        identifier_value=row.identifier_value,
+        ehr_id=row.ehr_id,
+        ehr_version=row.ehr_version,
+        action=row.action,
+        state=row.state,
+        record_version_id=row.record_version_id,
+    )
