@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
+from connector import gate
 from connector.reports import dashboard
 from connector.states import ALL_STATES
 from webapp import get_store
@@ -25,5 +26,8 @@ def index() -> str:
         title="Records synced per day",
         unit="records",
     )
+    store = get_store()
+    outage = gate.read(store)
+    waiting = 0 if outage.is_open else gate.waiting_count(store)
     return render_template("dashboard.html", data=data, states=ALL_STATES, ehr=ehr_status(),
-                           chart=chart)
+                           chart=chart, outage=outage, outage_waiting=waiting)

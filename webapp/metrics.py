@@ -4,8 +4,11 @@ and the sync latency (acceptance to arrival in the EHR) as a histogram."""
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response
 
+from connector import gate
 from connector.reports import metrics
 from webapp import get_store
 from webapp.access import bearer
@@ -44,6 +47,21 @@ def index() -> Response:
         f'peersync_sync_latency_seconds_bucket{{le="+Inf"}} {data.latency_count}',
         f"peersync_sync_latency_seconds_sum {data.latency_sum:.3f}",
         f"peersync_sync_latency_seconds_count {data.latency_count}",
+    ]
+    outage = gate.read(get_store())
+    since = (time.time() - outage.since.timestamp()) if outage.since and not outage.is_open else 0
+    lines += [
+        "# HELP peersync_ehr_gate_open 1 while the EHR answers, 0 while every worker waits on "
+        "an outage.",
+        "# TYPE peersync_ehr_gate_open gauge",
+        f"peersync_ehr_gate_open {1 if outage.is_open else 0}",
+        "# HELP peersync_ehr_unreachable_since_seconds How long the EHR has been unreachable "
+        "(0 while it answers).",
+        "# TYPE peersync_ehr_unreachable_since_seconds gauge",
+        f"peersync_ehr_unreachable_since_seconds {max(0.0, since):.3f}",
+        "# HELP peersync_ehr_gate_probes Probes sent in the current outage.",
+        "# TYPE peersync_ehr_gate_probes gauge",
+        f"peersync_ehr_gate_probes {0 if outage.is_open else outage.probes}",
     ]
     return Response("\n".join(lines) + "\n",
                     content_type="text/plain; version=0.0.4; charset=utf-8")

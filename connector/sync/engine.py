@@ -23,9 +23,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 
+from connector import gate
 from connector.config import Config
 from connector.errors import ConnectorError
 from connector.fhir_client import FhirClient
@@ -83,6 +85,17 @@ class SyncEngine:
         self.refs = References(self.ctx)
         self.recovery = Recovery(self.ctx, self.outcomes)
         self.sender = sender_for(self.ctx, self.outcomes)
+        # The EHR gate (connector.gate) as this worker last found it closed: until when.
+        self.gate_closed_until: datetime | None = None
+        hooks = getattr(getattr(client, "session", None), "hooks", None)
+        if isinstance(hooks, dict):
+            hooks.setdefault("response", []).append(self._heard_from_ehr)
+
+    def _heard_from_ehr(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        """A response hook: any answer but 429/5xx means the EHR is up (the gate may open)."""
+        status = getattr(response, "status_code", 0)
+        if status and status < 500 and status != 429:
+            self.outcomes.answered = True
 
     # -- the loop ---------------------------------------------------------
 
@@ -110,6 +123,9 @@ class SyncEngine:
             if claimed:
                 continue
             due_at = self.store.next_due_at()
+            if self.gate_closed_until is not None:
+                # The EHR is unreachable: nothing is claimed before the gate's next probe.
+                due_at = max(due_at or self.gate_closed_until, self.gate_closed_until)
             if due_at is None:
                 break
             pause = max(0.0, (due_at - self.clock()).total_seconds())
@@ -131,13 +147,32 @@ class SyncEngine:
         return max(1, self.config.ehr.max_bundle_entries // 3)
 
     def run_once(self, run_id: str, summary: SyncSummary, *, include_waiting: bool = True) -> int:
+        admission = gate.admit(self.store, worker=self.worker, now=self.clock(),
+                               cfg=self.config.sync)
+        self.gate_closed_until = admission.until if admission.closed else None
+        if admission.closed:
+            return 0
+        probe = admission.kind == "probe"
         jobs = self.store.claim(
-            worker=self.worker, run_id=run_id, limit=self.records_per_bundle(),
-            lease_s=self.config.sync.lease_s, include_waiting=include_waiting, now=self.clock(),
+            worker=self.worker, run_id=run_id, limit=1 if probe else self.records_per_bundle(),
+            lease_s=self.config.sync.lease_s, include_waiting=include_waiting and not probe,
+            now=self.clock(),
         )
         if not jobs:
+            if probe:  # nothing left to send: nothing waits on the EHR
+                gate.record_success(self.store, actor=self.worker, now=self.clock())
             return 0
         summary.claimed += len(jobs)
+        self.outcomes.answered = False
+        outages = self.outcomes.outages
+        self._work(jobs, summary)
+        if self.outcomes.answered and self.outcomes.outages == outages:
+            released = gate.record_success(self.store, actor=self.worker, now=self.clock())
+            if released:
+                log.info("the EHR answers again: %d scheduled retries released", released)
+        return len(jobs)
+
+    def _work(self, jobs: list[Job], summary: SyncSummary) -> None:
         with self._lease_renewal([job.id for job in jobs]):
             records = self.store.load_records([job.record_version_id for job in jobs])
             ledgers = self.store.ledger_snapshot([(job.source, job.record_id) for job in jobs])
@@ -164,7 +199,6 @@ class SyncEngine:
                     plans.append(outcome)
             for bundle in self._pack(plans):
                 self.sender.send(bundle, summary)
-        return len(jobs)
 
     @contextmanager
     def _lease_renewal(self, job_ids: list[int]) -> Iterator[None]:

@@ -1,8 +1,9 @@
-"""Retry decisions: a pure function of (error, attempts), and the backoff it uses."""
+"""Retry decisions: a pure function of (error, attempts, first failure, now), and the backoff."""
 
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,8 +20,17 @@ from connector.errors import (
     FieldError,
     RecordInvalid,
 )
-from connector.retry import BASE_DELAY_S, MAX_DELAY_S, Decision, backoff, decide
+from connector.retry import (
+    BASE_DELAY_S,
+    GAVE_UP,
+    GIVE_UP_AFTER_S,
+    MAX_DELAY_S,
+    Decision,
+    backoff,
+    decide,
+)
 from connector.states import JobState
+from connector.store import StoreError
 
 URL = "https://ehr.example.org/fhir"
 
@@ -63,14 +73,73 @@ def test_a_transient_failure_is_retried_later(error: ConnectorError, attempts: i
     assert BASE_DELAY_S / 2 <= decision.delay_s <= ceiling(attempts)
 
 
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("error", TRANSIENT, ids=lambda e: type(e).__name__ + "-" + str(e))
-def test_the_last_allowed_attempt_needs_attention(error: ConnectorError) -> None:
-    assert decide(error, 7, max_attempts=8).state is JobState.RETRY_SCHEDULED
+@pytest.mark.parametrize("attempts", [8, 9, 50, 10_000])
+def test_a_transient_failure_is_never_exhausted_by_a_count(
+    error: ConnectorError, attempts: int
+) -> None:
+    """Finding 3: an outage of two minutes spent all 8 attempts. Now only time counts."""
+    two_hours_in = NOW - timedelta(hours=2)
+
+    for max_attempts in (1, 8):
+        decision = decide(error, attempts, max_attempts=max_attempts,
+                          first_failure_at=two_hours_in, now=NOW, rng=random.Random(attempts))
+        assert decision.state is JobState.RETRY_SCHEDULED
+        assert 0 < decision.delay_s <= MAX_DELAY_S
+
+
+@pytest.mark.parametrize("error", TRANSIENT, ids=lambda e: type(e).__name__ + "-" + str(e))
+def test_a_transient_failure_gives_up_after_the_time_budget(error: ConnectorError) -> None:
+    budget = 3600.0
+    just_inside = decide(error, 3, first_failure_at=NOW - timedelta(seconds=budget - 1),
+                         now=NOW, give_up_after_s=budget, rng=random.Random(0))
+    at_budget = decide(error, 3, first_failure_at=NOW - timedelta(seconds=budget), now=NOW,
+                       give_up_after_s=budget)
+    past = decide(error, 1, first_failure_at=NOW - timedelta(days=9), now=NOW,
+                  give_up_after_s=budget)
+
+    assert just_inside.state is JobState.RETRY_SCHEDULED
+    assert at_budget == past == Decision(JobState.NEEDS_ATTENTION, reason=GAVE_UP)
+    assert GAVE_UP == "gave-up-after-outage"
+
+
+def test_the_default_budget_is_72_hours() -> None:
+    error = transient(503)
+    assert GIVE_UP_AFTER_S == 72 * 3600
+    inside = decide(error, 500, first_failure_at=NOW - timedelta(hours=71, minutes=59),
+                    now=NOW, rng=random.Random(0))
+    outside = decide(error, 2, first_failure_at=NOW - timedelta(hours=72), now=NOW)
+    assert inside.state is JobState.RETRY_SCHEDULED
+    assert outside == Decision(JobState.NEEDS_ATTENTION, reason=GAVE_UP)
+
+
+def test_max_attempts_counts_the_other_retryable_failures() -> None:
+    """A database hiccup mid-send is retried max_attempts times, whatever the clock says."""
+    error = StoreError("database error (OperationalError)")
+    assert decide(error, 7, max_attempts=8, rng=random.Random(0)).state \
+        is JobState.RETRY_SCHEDULED
     assert decide(error, 8, max_attempts=8) == Decision(JobState.NEEDS_ATTENTION)
-    assert decide(error, 9, max_attempts=8) == Decision(JobState.NEEDS_ATTENTION)
     assert decide(error, 1, max_attempts=1) == Decision(JobState.NEEDS_ATTENTION)
-    assert decide(error, 7).state is JobState.RETRY_SCHEDULED  # the default is 8
-    assert decide(error, 8) == Decision(JobState.NEEDS_ATTENTION)
+
+
+@pytest.mark.parametrize("days", [0, 3, 30])
+def test_a_lost_answer_is_never_given_up(days: int) -> None:
+    error = EhrOutcomeUnknown("read timeout", method="POST", url=URL)
+    decision = decide(error, 40, first_failure_at=NOW - timedelta(days=days), now=NOW,
+                      give_up_after_s=60, rng=random.Random(0))
+    assert decision.state is JobState.UNKNOWN
+
+
+def test_the_backoff_scales_with_its_configured_base_and_cap() -> None:
+    rng = random.Random(5)
+    delays = [decide(transient(), n, base_s=0.1, max_s=0.4, rng=rng).delay_s
+              for n in range(1, 30) for _ in range(20)]
+    assert min(delays) >= 0.05 and max(delays) <= 0.4
+    assert max(delays) > 0.35  # reaches the cap
+    assert decide(transient(429, 3), 1, base_s=0.1, max_s=0.4).delay_s == 0.4  # capped hint
 
 
 @pytest.mark.parametrize("error", PERMANENT, ids=lambda e: type(e).__name__ + "-" + str(e)[:12])
@@ -133,8 +202,9 @@ def test_a_long_retry_after_is_capped(retry_after: float) -> None:
     assert decision == Decision(JobState.RETRY_SCHEDULED, delay_s=MAX_DELAY_S)
 
 
-def test_retry_after_does_not_outlast_max_attempts() -> None:
-    assert decide(transient(429, 60), 8, max_attempts=8) == Decision(JobState.NEEDS_ATTENTION)
+def test_retry_after_does_not_outlast_the_budget() -> None:
+    assert decide(transient(429, 60), 8, max_attempts=8, first_failure_at=NOW - timedelta(
+        hours=80), now=NOW) == Decision(JobState.NEEDS_ATTENTION, reason=GAVE_UP)
 
 
 def test_the_same_seed_gives_the_same_decision() -> None:
