@@ -55,6 +55,7 @@ from .errors import (
     Outcome,
     error_class_for,
 )
+from .logging_setup import protect_library_loggers
 
 __all__ = [
     "FHIR_JSON",
@@ -77,6 +78,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("peersync.fhir")
+# urllib3 logs request URLs with their query values (identifiers, MRNs): its "Retrying ..."
+# warning with the EHR down, its request lines at DEBUG. Redacted at the source, whoever
+# configured logging (see connector.logging_setup).
+protect_library_loggers()
 
 FHIR_JSON = "application/fhir+json"
 DEFAULT_USER_AGENT = "PeerSync/0.1"

@@ -172,6 +172,7 @@ def check_setup(
         + ("created when missing" if profile.create_patients else "matched by MRN only")
         + ")",
     )
+    _check_file_modes(report, config)
     auth_cfg = config.ehr.auth
     try:
         client = client_factory()
@@ -312,6 +313,46 @@ def _check_secret_files(report: CheckReport, cfg: Mapping[str, Any], folder: Pat
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             report.add(f"ehr.auth.{key}", "warn",
                        f"{path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
+                       "chmod 600 it")
+
+
+SECRET_FILE_NAME = "peersync.secret"  # webapp.SECRET_FILE: the session-signing key
+
+
+def private_files(config: Config) -> list[tuple[str, Path]]:
+    """The files only PeerSync's user may read: the SQLite database (PHI) with its -wal
+    and -shm, the audit key and the web app's session secret. (name, path) pairs."""
+    from sqlalchemy.engine import make_url
+
+    from connector.audit import key_path
+
+    files: list[tuple[str, Path]] = []
+    try:
+        url = make_url(config.database_url)
+    except Exception:  # noqa: BLE001 - a bad URL is reported when the store opens
+        url = None
+    database = url.database if url is not None and url.get_backend_name() == "sqlite" else None
+    if database and database != ":memory:" and not database.startswith("file:"):
+        db = Path(database).expanduser()
+        db = db if db.is_absolute() else config.folder / db
+        files += [("database file", db), ("database -wal file", Path(f"{db}-wal")),
+                  ("database -shm file", Path(f"{db}-shm"))]
+    files.append(("audit key file", key_path(config.folder,
+                                             getattr(config, "audit_key_file", None))))
+    files.append(("web secret file", config.folder / SECRET_FILE_NAME))
+    return files
+
+
+def _check_file_modes(report: CheckReport, config: Config) -> None:
+    """Warn for each private file that group or others may read or write (chmod 600)."""
+    for name, path in private_files(config):
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue  # not made yet (no -wal between connections, no secret before serving)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            report.add(name, "warn",
+                       f"{path} is open to other users (mode {stat.S_IMODE(mode):o}); "
                        "chmod 600 it")
 
 

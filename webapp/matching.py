@@ -79,26 +79,16 @@ def index() -> str:
     return render_template("matching.html", participants=participants, staff=staff)
 
 
-@bp.get("/patient")
-@roles("admin")
-def patient() -> str:
-    """Search the EHR's Patients for one waiting participant."""
-    source = request.args.get("source", "")
-    participant_id = request.args.get("participant", "")
+def _waiting_participant(source: str, participant_id: str) -> dict[str, Any]:
     wanted = next((row for row in waiting_participants(get_store())
                    if row["source"] == source and row["participant_id"] == participant_id), None)
     if wanted is None:
         abort(404)
     _participant_details([wanted])
-    person = wanted["participant"]
-    searched = "searched" in request.args
-    form = {
-        "name": request.args.get("name", "") if searched else " ".join(
-            p for p in (person.given, person.family) if p) if person else "",
-        "birthdate": request.args.get("birthdate", "") if searched else (
-            person.birth_date.isoformat() if person and person.birth_date else ""),
-        "mrn": request.args.get("mrn", "") if searched else (person.mrn or "" if person else ""),
-    }
+    return wanted
+
+
+def _patient_page(wanted: dict[str, Any], form: dict[str, str]) -> str:
     params: dict[str, str] = {}
     if form["name"].strip():
         params["name"] = form["name"].strip()
@@ -109,6 +99,35 @@ def patient() -> str:
     results, error = _search("Patient", params)
     return render_template("match_patient.html", row=wanted, form=form, results=results,
                            error=error, searched=bool(params))
+
+
+@bp.get("/patient")
+@roles("admin")
+def patient() -> str:
+    """Search the EHR's Patients for one waiting participant, with what its record says.
+
+    The URL carries ids only (source, participant id): names, birth dates and MRNs would
+    land in every access log on the way. The admin's own search is a POST (below).
+    """
+    wanted = _waiting_participant(request.args.get("source", ""),
+                                  request.args.get("participant", ""))
+    person = wanted["participant"]
+    form = {
+        "name": " ".join(p for p in (person.given, person.family) if p) if person else "",
+        "birthdate": person.birth_date.isoformat() if person and person.birth_date else "",
+        "mrn": (person.mrn or "") if person else "",
+    }
+    return _patient_page(wanted, form)
+
+
+@bp.post("/patient/search")
+@roles("admin")
+def search_patient() -> str:
+    """The admin's search (name, birth date, MRN): a CSRF-checked POST, never a query string."""
+    wanted = _waiting_participant(request.form.get("source", ""),
+                                  request.form.get("participant", ""))
+    form = {key: request.form.get(key, "")[:200] for key in ("name", "birthdate", "mrn")}
+    return _patient_page(wanted, form)
 
 
 @bp.post("/patient")
