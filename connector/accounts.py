@@ -8,10 +8,14 @@
   support tool on the JSON API (its *source* is the records' source) or a
   Prometheus scraper (``metrics``). Only its SHA-256 is stored: it is shown
   once, when made.
-- **Throttling**: failed logins are counted per user name and per client
-  address in the database (every worker process sees the same counts); past
-  the limit, further attempts are refused without looking at the password
-  until the window ends.
+- **Throttling** (:mod:`connector.login_throttle`): failed logins are counted
+  per (user name, client address) and per address in the database, checked and
+  counted in one transaction; past the limit the next attempt is delayed,
+  progressively, for that pair (or address) only. A login always runs one
+  password check, against a dummy hash for an unknown name, so its time does
+  not tell which names exist.
+- **Password rules** (:mod:`connector.password_rules`): length, and not one of
+  the commonest passwords, a repeated character or run, or a simple sequence.
 
 Every change, login and refusal appends an audit event: names, roles, staff
 ids, token ids and prefixes, never a password or a token.
@@ -24,29 +28,32 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from connector import login_throttle as throttle
 from connector.config import valid_source
 from connector.errors import ConnectorError
-from connector.schema import api_tokens, login_throttle, users
+from connector.password_rules import (
+    MAX_PASSWORD_LENGTH,
+    PasswordRuleError,
+)
+from connector.password_rules import MIN_PASSWORD_LENGTH as MIN_PASSWORD_LENGTH
+from connector.password_rules import check_password_rules as _check_rules
+from connector.schema import api_tokens, users, web_sessions
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
-
     from connector.store import Store
 
 ROLES = ("admin", "specialist", "auditor")
 TOKEN_PREFIX = "ps_"
 TOKEN_KINDS = ("source", "metrics")
-MIN_PASSWORD_LENGTH = 12
-MAX_PASSWORD_LENGTH = 1024  # hashing a megabyte on every guess is a denial of service
 HASH_METHOD = "scrypt"
 
-# Throttling defaults: per user name, per client address, and the window.
+# Throttling defaults: per (user name, client address), per client address, and the window.
 MAX_FAILURES_PER_USER = 5
 MAX_FAILURES_PER_ADDRESS = 20
 WINDOW_S = 15 * 60
@@ -126,10 +133,11 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def check_password_rules(password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise AccountError(f"the password must be at most {MAX_PASSWORD_LENGTH} characters")
+    """Raise AccountError for a password the rules refuse (:mod:`connector.password_rules`)."""
+    try:
+        _check_rules(password)
+    except PasswordRuleError as exc:
+        raise AccountError(str(exc)) from None
 
 
 def hash_password(password: str) -> str:
@@ -144,15 +152,15 @@ def _password_ok(password_hash: str, password: str) -> bool:
     return check_password_hash(password_hash, password)
 
 
-_dummy_hash: str | None = None
+_dummy_hashes: dict[str, str] = {}
 
 
-def _spend_like_a_check(password: str) -> None:
-    """Hash the guess for an unknown name too, so timing does not tell names apart."""
-    global _dummy_hash
-    if _dummy_hash is None:
-        _dummy_hash = hash_password(secrets.token_urlsafe(16))
-    _password_ok(_dummy_hash, password)
+def _dummy_hash() -> str:
+    """A hash of nothing anyone knows, made like a real one: checked for an unknown name."""
+    made = _dummy_hashes.get(HASH_METHOD)
+    if made is None:
+        made = _dummy_hashes[HASH_METHOD] = hash_password(secrets.token_urlsafe(16))
+    return made
 
 
 def _user(row: Any) -> User:
@@ -236,7 +244,9 @@ def set_password(store: Store, name: str, password: str, *, actor: str) -> None:
         ).rowcount
         if not changed:
             raise AccountError(f"no user named {name!r}")
-        store.audit(conn, actor=actor, action="user.password_set", detail={"user": name})
+        ended = _end_sessions(conn, name)
+        store.audit(conn, actor=actor, action="user.password_set",
+                    detail={"user": name, "sessions_ended": ended})
 
 
 def set_active(store: Store, name: str, active: bool, *, actor: str) -> None:
@@ -247,8 +257,17 @@ def set_active(store: Store, name: str, active: bool, *, actor: str) -> None:
         ).rowcount
         if not changed:
             raise AccountError(f"no user named {name!r}")
+        detail: dict[str, Any] = {"user": name}
+        if not active:
+            detail["sessions_ended"] = _end_sessions(conn, name)
         store.audit(conn, actor=actor, action="user.enabled" if active else "user.disabled",
-                    detail={"user": name})
+                    detail=detail)
+
+
+def _end_sessions(conn: Any, name: str) -> int:
+    """Delete the web sessions of user ``name`` (a new password, a disabled account)."""
+    owner = select(users.c.id).where(users.c.name == name).scalar_subquery()
+    return int(conn.execute(delete(web_sessions).where(web_sessions.c.user_id == owner)).rowcount)
 
 
 def get_user(store: Store, user_id: int) -> User | None:
@@ -293,26 +312,28 @@ def login(
     window_s: float = WINDOW_S,
     now: datetime | None = None,
 ) -> LoginResult:
-    """Check a name and password, throttled; audit the outcome (never the password)."""
+    """Check a name and password, throttled; audit the outcome (never the password).
+
+    ``max_failures_per_user`` counts per (user, address): someone guessing
+    elsewhere never delays the user's own logins. Known and unknown names take
+    the same time: one password check either way, on at most
+    MAX_PASSWORD_LENGTH characters.
+    """
     now = now or _now()
     name = normalise_name(name)[:64]
     actor = web_actor(name)
-    keys = {f"user:{name}": max_failures_per_user}
-    if address:
-        keys[f"ip:{address[:64]}"] = max_failures_per_address
-    window = timedelta(seconds=window_s)
-    blocked_until = _blocked_until(store, keys, window=window, now=now)
-    if blocked_until is not None:
-        with store.begin() as conn:
-            store.audit(conn, actor=actor, action="login.throttled",
-                        detail={"address": address}, at=now)
-        return LoginResult(None, throttled=True,
-                           retry_after_s=max(1, int((blocked_until - now).total_seconds())))
+    keys = throttle.keys_for(name, address, per_user=max_failures_per_user,
+                             per_address=max_failures_per_address)
+    retry_after = throttle.reserve(store, keys, window_s=window_s, now=now, actor=actor,
+                                   address=address)
+    if retry_after:
+        return LoginResult(None, throttled=True, retry_after_s=retry_after)
     user = find_user(store, name) if _NAME_RE.fullmatch(name) else None
+    matches = _password_ok(user.password_hash if user else _dummy_hash(),
+                           password[:MAX_PASSWORD_LENGTH])
     if user is None:
-        _spend_like_a_check(password[:MAX_PASSWORD_LENGTH])
         ok, why = False, "unknown-user"
-    elif len(password) > MAX_PASSWORD_LENGTH or not _password_ok(user.password_hash, password):
+    elif len(password) > MAX_PASSWORD_LENGTH or not matches:
         ok, why = False, "bad-password"
     elif not user.active:
         ok, why = False, "disabled"
@@ -320,53 +341,14 @@ def login(
         ok, why = True, ""
     with store.begin() as conn:
         if ok:
-            _clear(conn, f"user:{name}")
+            throttle.settle(conn, keys)
             store.audit(conn, actor=actor, action="login.ok",
                         detail={"role": user.role if user else None, "address": address},
                         at=now)
         else:
-            for key in keys:
-                _count_failure(conn, key, window=window, now=now)
             store.audit(conn, actor=actor, action="login.failed",
                         detail={"reason": why, "address": address}, at=now)
     return LoginResult(user if ok else None)
-
-
-def _blocked_until(
-    store: Store, keys: dict[str, int], *, window: timedelta, now: datetime
-) -> datetime | None:
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(login_throttle).where(login_throttle.c.key.in_(list(keys)))
-        ).all()
-    until: datetime | None = None
-    for row in rows:
-        start = _aware(row.window_start)
-        assert start is not None
-        if row.failures >= keys[row.key] and now - start < window:
-            end = start + window
-            until = end if until is None or end > until else until
-    return until
-
-
-def _count_failure(conn: Connection, key: str, *, window: timedelta, now: datetime) -> None:
-    row = conn.execute(select(login_throttle).where(login_throttle.c.key == key)).first()
-    if row is None:
-        conn.execute(insert(login_throttle).values(key=key, failures=1, window_start=now))
-        return
-    start = _aware(row.window_start)
-    assert start is not None
-    if now - start >= window:  # a new window
-        values: dict[str, Any] = {"failures": 1, "window_start": now}
-    else:
-        values = {"failures": login_throttle.c.failures + 1}
-    conn.execute(update(login_throttle).where(login_throttle.c.key == key).values(**values))
-
-
-def _clear(conn: Connection, key: str) -> None:
-    conn.execute(
-        update(login_throttle).where(login_throttle.c.key == key).values(failures=0)
-    )
 
 
 # -- tokens -----------------------------------------------------------------------

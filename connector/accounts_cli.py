@@ -24,10 +24,26 @@ def _store() -> Store:
     return open_store()
 
 
+def _is_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _checked(password: str) -> str:
+    """The password rules at the prompt: a refused password is asked for again."""
+    from connector.accounts import check_password_rules
+
+    try:
+        check_password_rules(password)
+    except AccountError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return password
+
+
 def _read_password() -> str:
-    if sys.stdin is not None and sys.stdin.isatty():
+    """The password: prompted (twice, asked again until the rules accept it) or stdin's line."""
+    if _is_terminal():
         password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True,
-                                     err=True)
+                                     err=True, value_proc=_checked)
         return password
     line = sys.stdin.readline() if sys.stdin is not None else ""
     password = line.rstrip("\r\n")

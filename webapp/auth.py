@@ -1,4 +1,8 @@
-"""Logging in and out. The one page anyone may open."""
+"""Logging in and out. The one page anyone may open.
+
+A good login starts a server-side session (:mod:`webapp.sessions`); logout
+deletes it, so a copy of the cookie taken before no longer works.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,12 @@ from flask import (
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
 from flask_login import current_user, login_user, logout_user
 
 from connector.accounts import login as check_login
-from webapp import get_store
+from webapp import get_store, sessions
 from webapp.access import WebUser, me, public, roles
 
 bp = Blueprint("auth", __name__)
@@ -75,8 +78,7 @@ def login() -> Any:
     if result.user is None:
         flash("Wrong user name or password.", "error")
         return render_template("login.html", next=next_url, name=name), 401
-    session.clear()  # a fresh session for the logged-in user (no fixation)
-    session.permanent = True
+    sessions.start(current_app, result.user.id)  # a new server-side session: no fixation
     login_user(WebUser(result.user))
     return redirect(next_url or home_for(result.user.role))
 
@@ -85,6 +87,6 @@ def login() -> Any:
 @roles("admin", "specialist", "auditor")
 def logout() -> Any:
     logout_user()
-    session.clear()
+    sessions.end()  # the row is deleted: the cookie names nothing any more
     flash("Logged out.", "info")
     return redirect(url_for("auth.login"))

@@ -18,6 +18,7 @@ from connector.accounts import (
     check_token,
     find_user,
     login,
+    set_password,
     user_for_session,
 )
 from connector.cli import main
@@ -162,3 +163,149 @@ def test_token_add_prints_the_token_alone_on_the_last_line(home: Path) -> None:
     assert _run("token", "revoke", "1").exit_code == 0
     assert _run("token", "revoke", "1").exit_code == 1
     assert "revoked" in _run("token", "list").stdout
+
+
+# -- throttling under concurrency, per (user, address), progressive -----------------------
+
+
+def _slow_checks(monkeypatch: pytest.MonkeyPatch, seconds: float = 0.05) -> None:
+    """A password check as slow as a production scrypt: the window a racing guess needs."""
+    import time
+
+    import connector.accounts
+
+    real = connector.accounts._password_ok
+
+    def slow(password_hash: str, password: str) -> bool:
+        time.sleep(seconds)
+        return real(password_hash, password)
+
+    monkeypatch.setattr(connector.accounts, "_password_ok", slow)
+
+
+def _concurrently(calls: list[Any]) -> list[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+def test_concurrent_guesses_for_one_user_try_at_most_the_limit(
+        store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    add_user(store, "sam", role="admin", password="a-long-password", actor="test")
+    _slow_checks(monkeypatch)
+    results = _concurrently([
+        lambda i=i: login(store, "sam", f"wrong-guess-{i:03d}", address="10.0.0.1",
+                          max_failures_per_user=5)
+        for i in range(30)
+    ])
+    tried = [r for r in results if not r.throttled]
+    assert len(tried) <= 5
+    failed = [e for e in store.audit_events() if e["action"] == "login.failed"]
+    assert len(failed) == len(tried)
+
+
+def test_concurrent_guesses_from_one_address_stay_within_its_limit(
+        store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow_checks(monkeypatch)
+    results = _concurrently([
+        lambda i=i: login(store, f"user{i}", "wrong-guess-x", address="10.0.0.2",
+                          max_failures_per_address=10)
+        for i in range(30)
+    ])
+    assert sum(not r.throttled for r in results) <= 10
+
+
+def test_guesses_elsewhere_never_lock_the_user_out(store: Any) -> None:
+    add_user(store, "sam", role="admin", password="a-long-password", actor="test")
+    now = utcnow()
+    for i in range(12):
+        login(store, "sam", "wrong-guess-x", address="203.0.113.9",
+              now=now + timedelta(seconds=i))
+    assert login(store, "sam", "a-long-password", address="203.0.113.9",
+                 now=now + timedelta(seconds=20)).throttled
+    mine = login(store, "sam", "a-long-password", address="10.0.0.1",
+                 now=now + timedelta(seconds=21))
+    assert mine.user is not None and not mine.throttled
+
+
+def test_the_delay_grows_with_each_failure_past_the_limit(store: Any) -> None:
+    now = utcnow()
+
+    def attempt(at_s: float) -> Any:
+        return login(store, "sam", "wrong-guess-x", address="10.0.0.1",
+                     max_failures_per_user=3, now=now + timedelta(seconds=at_s))
+
+    for i in range(3):
+        assert not attempt(i).throttled
+    assert attempt(30).retry_after_s == 32  # 60 s after the last failure (at 2 s)
+    assert not attempt(63).throttled  # tried: a 4th failure, now 120 s
+    held = attempt(63 + 100)
+    assert held.throttled and held.retry_after_s == 20
+    assert not attempt(63 + 121).throttled  # tried: a 5th failure, now 240 s
+    assert attempt(63 + 121 + 200).throttled
+
+
+def test_a_success_gives_the_address_its_attempt_back(store: Any) -> None:
+    add_user(store, "sam", role="admin", password="a-long-password", actor="test")
+    for _ in range(6):
+        result = login(store, "sam", "a-long-password", address="10.0.0.1",
+                       max_failures_per_address=3)
+        assert result.user is not None
+
+
+def test_known_and_unknown_names_cost_one_password_check_each(
+        store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a known name with an over-long password skipped the hash: 6 ms against 130."""
+    import connector.accounts
+
+    add_user(store, "sam", role="admin", password="a-long-password", actor="test")
+    checked: list[tuple[str, int]] = []
+    real = connector.accounts._password_ok
+
+    def spy(password_hash: str, password: str) -> bool:
+        checked.append((password_hash.split("$")[0], len(password)))
+        return real(password_hash, password)
+
+    monkeypatch.setattr(connector.accounts, "_password_ok", spy)
+    long_guess = "x" * 5000
+    for name, password in (("sam", long_guess), ("nobody", long_guess),
+                           ("sam", "wrong-guess-x"), ("nobody", "wrong-guess-x"),
+                           ("bad name!", "wrong-guess-x")):
+        before = len(checked)
+        assert login(store, name, password, address=None, max_failures_per_user=99).user is None
+        assert len(checked) == before + 1, name
+    methods = {method for method, _ in checked}
+    assert len(methods) == 1  # the dummy hash is made like the real ones
+    assert {size for _, size in checked} == {1024, len("wrong-guess-x")}
+
+
+# -- password rules -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", [
+    "Password2024!", "qwerty123456", "iloveyou!!!!", "P@ssw0rd1234", "passwordpassword",
+    "aaaaaaaaaaaa", "abcabcabcabc", "ababababab12", "abcdefghijkl", "123456789012",
+    "lkjihgfedcba", "qwertyuiopas", "1q2w3e4r5t6y7u",
+])
+def test_weak_passwords_are_refused(store: Any, password: str) -> None:
+    with pytest.raises(AccountError, match="too easy to guess") as caught:
+        add_user(store, "sam", role="admin", password=password, actor="test")
+    assert password not in str(caught.value)
+    add_user(store, "sam", role="admin", password="a-long-password", actor="test")
+    with pytest.raises(AccountError, match="too easy to guess"):
+        set_password(store, "sam", password, actor="test")
+
+
+def test_the_commands_apply_the_rules(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _run("user", "add", "sam", "--role", "admin", input="qwerty123456\n")
+    assert result.exit_code == 1 and "too easy to guess" in result.output
+    assert "qwerty123456" not in result.output
+    import connector.accounts_cli
+
+    monkeypatch.setattr(connector.accounts_cli, "_is_terminal", lambda: True)
+    typed = "aaaaaaaaaaaa\nsam-password-77\nsam-password-77\n"  # refused, then asked again
+    result = _run("user", "add", "sam", "--role", "admin", input=typed)
+    assert result.exit_code == 0, result.output
+    assert "too easy to guess" in result.output
+    assert result.stdout.strip().endswith("user sam created: admin")

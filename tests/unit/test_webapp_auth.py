@@ -51,7 +51,8 @@ def test_login_page_and_a_good_login(app: Flask, home: Home) -> None:
     assert response.status_code == 302 and response.headers["Location"] == "/dashboard/"
     assert client.get("/dashboard/").status_code == 200
     cookie = response.headers["Set-Cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert ("Secure" in cookie) == bool(app.config["SESSION_COOKIE_SECURE"])
     [event] = _events(home, "login.ok")
     assert event["actor"] == "web:admin" and event["detail"]["role"] == "admin"
 
