@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from flask import Blueprint, render_template, request
 
 from connector.reports import documentation_time, weekly_totals
-from webapp import get_store, peersync_profile
+from webapp import get_store, params, peersync_profile
 from webapp.access import me, roles
 from webapp.charts import bar_chart
 from webapp.views import agency_tz
@@ -24,10 +24,7 @@ DEFAULT_WEEKS = 12
 
 
 def _day(value: str | None) -> date | None:
-    try:
-        return date.fromisoformat(value) if value else None
-    except ValueError:
-        return None
+    return params.parse_day(value)  # clamped into a range every page can compute with
 
 
 @bp.get("/")

@@ -23,7 +23,7 @@ from connector.reports import (
     record_detail,
 )
 from connector.states import ALL_STATES, JobState
-from webapp import get_store, peersync_config
+from webapp import get_store, params, peersync_config
 from webapp.access import me, roles
 from webapp.ehr import sync_pass
 from webapp.views import agency_tz
@@ -34,10 +34,7 @@ FILTERS = ("state", "specialist", "source", "from", "to", "q")
 
 
 def _day(value: str | None) -> date | None:
-    try:
-        return date.fromisoformat(value) if value else None
-    except ValueError:
-        return None
+    return params.parse_day(value)  # clamped into a range every page can compute with
 
 
 def _bound(day: date | None, *, next_day: bool = False) -> datetime | None:
@@ -69,7 +66,7 @@ def index() -> str:
         text=args["q"][:200] or None,
         search_outcome_text=user.sees_phi,
     )
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = params.page_arg()
     size = 50
     store = get_store()
     rows = list_records(store, query, limit=size + 1, offset=(page - 1) * size)
