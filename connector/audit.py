@@ -12,11 +12,16 @@ UPDATE`` on PostgreSQL; on SQLite the store's write transactions hold the
 database write lock), take the next sequence numbers from it explicitly and
 move it forward in the caller's transaction, so parallel workers never fork
 the chain. :func:`verify` walks the rows in sequence order and names every
-edited, inserted, deleted, re-ordered or truncated row; an anchor written by
-:func:`export` (last sequence number and MAC) also catches a tail cut off
-together with a rewritten head.
+edited, inserted, deleted, re-ordered or truncated row; an anchor (the last
+sequence number and MAC, written by :func:`export` and :func:`anchor`, kept
+away from the database) also catches a tail cut off together with a head moved
+back, which nothing inside the database can. A chain checked with the public
+development key, or holding rows keyed with it, proves nothing: :func:`verify`
+fails it.
 
 Nothing here reads or prints the key; the table holds no PHI in the first place.
+The command line is connector.audit_cli; this module imports neither it nor the
+store (the store imports this module).
 """
 
 from __future__ import annotations
@@ -31,20 +36,17 @@ import logging
 import os
 import re
 import stat
-import sys
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
-
-import click
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from connector.errors import ConfigError, ConnectorError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
+    from sqlalchemy import Connection, Engine, Select
 
 # SQLAlchemy is imported where it is used: the CLI registers `peersync audit`
 # at start-up, and `peersync --help` or `map` should not pay for it.
@@ -294,12 +296,78 @@ def _head(engine: Engine) -> tuple[int, str] | None:
     return (int(row.last_seq), str(row.last_mac)) if row else None
 
 
+class AuditFilter(Protocol):
+    """The audit page's filters (connector.reports.AuditQuery has the same shape)."""
+
+    @property
+    def since(self) -> datetime | None: ...  # at or after
+    @property
+    def until(self) -> datetime | None: ...  # before
+    @property
+    def actor(self) -> str | None: ...  # exact, or a prefix ending in "*" or ":"
+    @property
+    def record_id(self) -> str | None: ...
+    @property
+    def outcome(self) -> str | None: ...  # a state reached (state_to) or an action
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """An :class:`AuditFilter` for callers without the web app's query (the CLI)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    actor: str | None = None
+    record_id: str | None = None
+    outcome: str | None = None
+
+    def used(self) -> list[str]:
+        return used_filters(self)
+
+
+def used_filters(where: AuditFilter) -> list[str]:
+    """The names of the filters set (never their values: a typed value may be anything)."""
+    names = ("since", "until", "actor", "record_id", "outcome")
+    return [name for name in names if getattr(where, name) not in (None, "")]
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _filtered(query: Select[Any], where: AuditFilter) -> Select[Any]:
+    """``query`` narrowed as the audit page narrows its rows (connector.reports)."""
+    from sqlalchemy import or_
+
+    from connector.schema import audit_events
+
+    column = audit_events.c
+    if where.since is not None:
+        query = query.where(column.at >= _as_utc(where.since))
+    if where.until is not None:
+        query = query.where(column.at < _as_utc(where.until))
+    actor = (where.actor or "").strip()
+    if actor.endswith(("*", ":")):
+        prefix = actor[:-1] if actor.endswith("*") else actor
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(column.actor.like(escaped + "%", escape="\\"))
+    elif actor:
+        query = query.where(column.actor == actor)
+    if where.record_id:
+        query = query.where(column.record_id == where.record_id)
+    if where.outcome:
+        query = query.where(or_(column.state_to == where.outcome,
+                                column.action == where.outcome))
+    return query
+
+
 def iter_rows(
     engine: Engine,
     *,
     after_seq: int = 0,
     upto_seq: int | None = None,
     since: datetime | None = None,
+    where: AuditFilter | None = None,
     batch_size: int = BATCH_ROWS,
 ) -> Iterator[dict[str, Any]]:
     """Audit rows in sequence order, read in short batches (never all in memory)."""
@@ -314,6 +382,8 @@ def iter_rows(
             query = query.where(audit_events.c.seq <= upto_seq)
         if since is not None:
             query = query.where(audit_events.c.at >= since)
+        if where is not None:
+            query = _filtered(query, where)
         with engine.connect() as conn:
             result = conn.execute(query.order_by(audit_events.c.seq).limit(batch_size))
             names = tuple(result.keys())
@@ -353,6 +423,11 @@ class _Suspect:
 def _kind(problem: str) -> str:
     """The kind a problem line names: ``seq 4-6: deleted (...)`` -> ``deleted``."""
     return problem.split(": ", 1)[-1].split(" ", 1)[0]
+
+
+def _anchor_time(anchor: Mapping[str, Any]) -> str:
+    when = anchor.get("anchored_at") or anchor.get("exported_at")
+    return str(when)[:40] if when else "earlier"
 
 
 def _span(first: int, last: int) -> str:
@@ -487,7 +562,7 @@ class _Walk:
         self.anchor_seen = True
         if mac != self.anchor["last_mac"]:
             self.problem(seq, f"seq {seq}: edited (its MAC differs from the anchor's, "
-                              f"exported {self.anchor.get('exported_at') or 'earlier'})")
+                              f"taken {_anchor_time(self.anchor)})")
 
     def finish(self, head: tuple[int, str] | None) -> VerifyResult:
         beyond_head = self._check_head(head)
@@ -500,27 +575,30 @@ class _Walk:
                          f"edited ({self.overflow_more} more row(s) whose MAC does not match)")
         if self.anchor is not None and not self.anchor_seen and self.anchor["last_seq"] > 0:
             seq = int(self.anchor["last_seq"])
-            self.problem(seq, f"seq {seq}: truncated (the anchor exported "
-                              f"{self.anchor.get('exported_at') or 'earlier'} holds seq {seq}; "
-                              f"the log now ends at seq {self.last_seq})")
+            self.problem(seq, f"seq {seq}: truncated (the anchor taken {_anchor_time(self.anchor)} "
+                              f"holds seq {seq}; the log now ends at seq {self.last_seq})")
         warnings: list[str] = []
         if self.legacy:
             warnings.append(f"{_span(1, self.legacy)}: written before the audit chain existed "
                             "(no MAC): nothing proves they are unchanged")
         if self.dev_rows and self.keyed_seen:
+            # Anyone can rewrite rows keyed with the public key, and a forger who removed the
+            # key file gets them pinned by the first row written under a new key: not ok.
             first = self.legacy + 1
-            warnings.append(f"{_span(first, first + self.dev_rows - 1)}: keyed with the public "
-                            "development key (written before an audit key was configured; "
-                            "the first row keyed with the audit key pins them)")
+            self.problem(first, f"{_span(first, first + self.dev_rows - 1)}: unproven (keyed "
+                                "with the public development key, which anyone can recompute: "
+                                "written while no audit key was configured, or rewritten "
+                                "after the key file was removed)")
         elif self.dev_rows:
             first = self.legacy + 1
             self.problem(first, f"{_span(first, first + self.dev_rows - 1)}: edited (no row is "
                                 "keyed with this audit key, only with the public development "
                                 "key: nothing proves these rows unchanged)")
-        if self.keyed_dev and self.rows:
-            warnings.append("verified with the public development key: no audit key is "
-                            f"configured (set {KEY_ENV} or run `peersync audit init-key`), so "
-                            "this chain proves nothing")
+        if self.keyed_dev:
+            self.problem(0, f"{_span(min(1, self.rows), self.last_seq)}: unproven (no audit key "
+                            f"is configured: checked with the public development key, with "
+                            f"which anyone can rewrite the whole chain; set {KEY_ENV} or run "
+                            "`peersync audit init-key`)")
         chained = self.rows - self.legacy - self.dev_rows
         found = sorted(self.found, key=lambda item: item[0])
         if chained > 0 and self.good == 0 and self.bad >= chained:
@@ -643,7 +721,23 @@ def load_anchor(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-# -- export ---------------------------------------------------------------------
+# -- anchors and export ---------------------------------------------------------
+
+# A spreadsheet runs a cell starting with one of these as a formula. Such a cell
+# gets a leading "'"; so does one that starts with "'" itself, which keeps the
+# escaping reversible: drop one leading "'" and the cell holds what was written.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(value: Any) -> str:
+    """``value`` as a CSV cell a spreadsheet will not run as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def csv_value(cell: str) -> str:
+    """What :func:`csv_cell` was given (for checking an exported file against its MACs)."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def _export_value(name: str, value: Any) -> Any:
@@ -652,187 +746,107 @@ def _export_value(name: str, value: Any) -> Any:
     return value
 
 
-def export(
-    engine: Engine,
-    out: IO[str],
-    *,
-    since: datetime | None,
-    fmt: Literal["csv", "json"] = "csv",
-    batch_size: int = BATCH_ROWS,
-) -> dict[str, Any]:
-    """Write the rows at or after ``since`` to ``out``; return the anchor for this moment.
-
-    The anchor is the chain's last row when the export began (its seq and MAC),
-    whether or not ``since`` selected it: keep it apart from the database, and
-    ``verify(anchor=...)`` later proves that nothing up to it was cut off.
-    """
-    if fmt not in ("csv", "json"):
-        raise ValueError(f"unknown export format {fmt!r}")
+def _last_row(conn: Connection, upto: int | None) -> tuple[int, str]:
+    """The seq and MAC of the last row at or before ``upto`` (the whole log: ``None``)."""
     from sqlalchemy import select
+
+    from connector.schema import audit_events
+
+    query = select(audit_events.c.seq, audit_events.c.mac)
+    if upto is not None:
+        query = query.where(audit_events.c.seq <= upto)
+    last = conn.execute(query.order_by(audit_events.c.seq.desc()).limit(1)).first()
+    return (int(last.seq), last.mac or GENESIS_MAC) if last else (0, GENESIS_MAC)
+
+
+def anchor(engine: Engine, *, upto_seq: int | None = None) -> dict[str, Any]:
+    """The chain's last row now (or the last at or before ``upto_seq``), as an anchor.
+
+    ``last_seq`` and ``last_mac`` are what :func:`verify` checks; ``count`` is
+    the number of rows up to it and ``anchored_at`` when it was taken. Kept
+    apart from the database, it proves later that nothing up to it was cut off
+    or rewritten. The last row is taken at or before the chain head, so rows
+    inserted beyond the head are never anchored.
+    """
+    from sqlalchemy import func, select
 
     from connector.schema import audit_events
 
     head = _head(engine)
     upto = head[0] if head else None
-    last_row = select(audit_events.c.seq, audit_events.c.mac)
-    if upto is not None:
-        last_row = last_row.where(audit_events.c.seq <= upto)
+    if upto_seq is not None:
+        upto = upto_seq if upto is None else min(upto, upto_seq)
     with engine.connect() as conn:
-        last = conn.execute(last_row.order_by(audit_events.c.seq.desc()).limit(1)).first()
-    since_utc = None
-    if since is not None:
-        since_utc = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+        last_seq, last_mac = _last_row(conn, upto)
+        count = conn.execute(select(func.count()).select_from(audit_events)
+                             .where(audit_events.c.seq <= last_seq)).scalar_one()
+    return {"last_seq": last_seq, "last_mac": last_mac, "count": int(count),
+            "anchored_at": _utc_iso(datetime.now(UTC))}
+
+
+def head_problem(engine: Engine) -> str | None:
+    """Why the chain head disagrees with the last row (``None``: it agrees)."""
+    head = _head(engine)
+    if head is None:
+        return "the chain head row is missing: run `peersync db upgrade`"
+    with engine.connect() as conn:
+        last_seq, last_mac = _last_row(conn, None)
+    if (last_seq, last_mac) != head:
+        return (f"the chain head (seq {head[0]}) disagrees with the last row (seq {last_seq}): "
+                "run `peersync audit verify`")
+    return None
+
+
+def export(
+    engine: Engine,
+    out: IO[str],
+    *,
+    since: datetime | None,
+    where: AuditFilter | None = None,
+    fmt: Literal["csv", "json"] = "csv",
+    batch_size: int = BATCH_ROWS,
+) -> dict[str, Any]:
+    """Write the rows at or after ``since`` matching ``where`` to ``out``; return the anchor.
+
+    The anchor (:func:`anchor`) is the chain's last row when the export began,
+    whether or not the filters selected it, with ``rows`` (how many were
+    written) and ``filters`` (the names of the filters used, never their values).
+    CSV cells are escaped against formula injection (:func:`csv_cell`).
+    """
+    if fmt not in ("csv", "json"):
+        raise ValueError(f"unknown export format {fmt!r}")
+    taken = anchor(engine)
+    since_utc = _as_utc(since) if since is not None else None
     count = 0
-    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    # CRLF (RFC 4180): with "\n" alone, Python 3.11 leaves a cell holding "\r" unquoted
+    writer = csv.writer(out, lineterminator="\r\n") if fmt == "csv" else None
     if writer is not None:
         writer.writerow(EXPORT_COLUMNS)
     else:
         out.write("[")
-    for row in iter_rows(engine, upto_seq=upto, since=since_utc, batch_size=batch_size):
+    for row in iter_rows(engine, upto_seq=taken["last_seq"], since=since_utc, where=where,
+                         batch_size=batch_size):
         values = {name: _export_value(name, row.get(name)) for name in EXPORT_COLUMNS}
         if writer is not None:
             detail = values["detail"]
             values["detail"] = (
-                "" if detail is None
+                None if detail is None
                 else json.dumps(detail, sort_keys=True, separators=(",", ":"))
             )
-            writer.writerow(["" if values[n] is None else values[n] for n in EXPORT_COLUMNS])
+            writer.writerow([csv_cell(values[n]) for n in EXPORT_COLUMNS])
         else:
             out.write(("\n" if count == 0 else ",\n") + json.dumps(values, sort_keys=True))
         count += 1
     if writer is None:
         out.write("\n]\n" if count else "]\n")
     return {
-        "last_seq": int(last.seq) if last else 0,
-        "last_mac": (last.mac or GENESIS_MAC) if last else GENESIS_MAC,
-        "exported_at": _utc_iso(datetime.now(UTC)),
+        **taken,
+        "exported_at": taken["anchored_at"],
         "rows": count,
         "since": _utc_iso(since_utc) if since_utc else None,
+        "filters": used_filters(where) if where is not None else [],
     }
 
 
 def write_anchor(anchor: Mapping[str, Any], path: Path) -> None:
     path.write_text(json.dumps(anchor, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def parse_since(text: str) -> datetime:
-    """ISO 8601 date or date-time; a date means its midnight UTC, a bare time is UTC."""
-    value = text.strip()
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            parsed = datetime.combine(date.fromisoformat(value), datetime.min.time())
-        else:
-            parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter("expected an ISO 8601 date or date-time, e.g. 2026-01-31 "
-                                 "or 2026-01-31T08:00:00Z") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-# -- command line ---------------------------------------------------------------
-
-
-class _CliError(click.ClickException):
-    exit_code = 2  # bad usage or configuration, as in connector.cli
-
-
-def _cli_config() -> Any:
-    from connector.config import load_config
-
-    try:
-        return load_config()
-    except ConfigError as exc:
-        raise _CliError(str(exc)) from None
-
-
-def _cli_engine(config: Any) -> Engine:
-    from connector.store import Store, StoreError
-
-    store = Store.from_url(config.database_url)
-    click.get_current_context().call_on_close(store.close)
-    try:
-        store.check_schema()
-    except StoreError as exc:
-        raise _CliError(str(exc)) from None
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        _head(store.engine)
-    except SQLAlchemyError:
-        raise _CliError("the database has no audit chain yet: run `peersync db upgrade`") from None
-    return store.engine
-
-
-@click.group("audit")
-def audit_group() -> None:
-    """The tamper-evident audit log: export it, verify it."""
-
-
-@audit_group.command("export")
-@click.option("--since", "since_text", required=True, metavar="ISO8601|YYYY-MM-DD",
-              help="Rows at or after this time (a date means its midnight UTC).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
-              show_default=True)
-@click.option("--output", default="-", metavar="FILE|-", show_default=True,
-              help="Where the rows go (-: standard output).")
-@click.option("--anchor", "anchor_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where the anchor goes (default: <output>.anchor.json; with -, stderr).")
-def export_command(since_text: str, fmt: str, output: str, anchor_path: Path | None) -> None:
-    """Export audit rows and write an anchor (the chain's last seq and MAC) beside them.
-
-    Keep the anchor away from the database: `peersync audit verify --anchor FILE`
-    then proves that no row up to it was edited, removed or cut off.
-    """
-    since = parse_since(since_text)
-    engine = _cli_engine(_cli_config())
-    kind: Literal["csv", "json"] = "json" if fmt == "json" else "csv"
-    if output == "-":
-        anchor = export(engine, sys.stdout, since=since, fmt=kind)
-    else:
-        with open(output, "w", encoding="utf-8", newline="") as out:
-            anchor = export(engine, out, since=since, fmt=kind)
-        anchor_path = anchor_path or Path(output + ".anchor.json")
-    if anchor_path is None:
-        click.echo("anchor: " + json.dumps(anchor, sort_keys=True), err=True)
-    else:
-        write_anchor(anchor, anchor_path)
-        click.echo(f"{anchor['rows']} row(s) exported; anchor (seq {anchor['last_seq']}) "
-                   f"written to {anchor_path}", err=True)
-
-
-@audit_group.command("verify")
-@click.option("--anchor", "anchor_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="An anchor written by `peersync audit export` (catches a cut-off tail).")
-def verify_command(anchor_path: Path | None) -> None:
-    """Check every row's MAC, the sequence and the chain head. Exit 1 on any problem."""
-    config = _cli_config()
-    try:
-        key = load_audit_key(config.folder, config.audit_key_file, os.environ)
-        anchor = load_anchor(anchor_path) if anchor_path else None
-    except ConfigError as exc:
-        raise _CliError(str(exc)) from None
-    result = verify(_cli_engine(config), key, anchor=anchor)
-    for line in result.warnings:
-        click.echo(f"warning: {line}", err=True)
-    if result.ok:
-        click.echo(f"audit log intact: {result.rows} row(s), last seq {result.last_seq}"
-                   + (f", anchor seq {anchor['last_seq']} found" if anchor else ""))
-        return
-    click.echo(f"audit log NOT intact: {len(result.problems)} problem(s) in {result.rows} "
-               "row(s)")
-    for line in result.problems:
-        click.echo(f"  {line}")
-    sys.exit(1)
-
-
-@audit_group.command("init-key")
-def init_key_command() -> None:
-    """Create the audit key file (mode 0600) if it is missing; never replaces one."""
-    config = _cli_config()
-    path = key_path(config.folder, config.audit_key_file)
-    existed = path.exists()
-    ensure_key_file(config.folder, config.audit_key_file)
-    click.echo(f"audit key {'already at' if existed else 'written to'} {path} "
-               "(keep a copy away from the database)")
-    if os.environ.get(KEY_ENV):
-        click.echo(f"note: {KEY_ENV} is set and takes precedence over the file", err=True)

@@ -198,39 +198,46 @@ def test_canonical_form_is_sorted_compact_json_with_utc_microseconds() -> None:
     assert set(json.loads(canonical(content))) == set(CONTENT_COLUMNS)
 
 
-def test_without_a_key_the_store_uses_the_development_key_and_verify_says_so(
+def test_without_a_key_the_store_uses_the_development_key_and_verify_fails(
     store: Store,
 ) -> None:
+    # Finding 13: checked with the public development key, the chain proves nothing.
+    assert verify(store.engine, DEVELOPMENT_KEY).problems == [
+        "seq 0: unproven (no audit key is configured: checked with the public development key, "
+        "with which anyone can rewrite the whole chain; set PEERSYNC_AUDIT_KEY or run "
+        "`peersync audit init-key`)"]  # an empty log too
     assert store.audit_key == DEVELOPMENT_KEY
-    build_chain(store)
+    n = build_chain(store)
     result = verify(store.engine, DEVELOPMENT_KEY)
-    assert result.ok and result.development_key
-    assert any("development key" in w for w in result.warnings)
+    assert not result.ok and result.development_key and result.bad_rows == 0
+    assert kinds(result) == {"unproven"}
+    assert result.problems[0].startswith(f"seq 1-{n}: unproven (no audit key is configured")
     # Checked with a real key, a log keyed only with the public key proves nothing.
     strict = check(store)
     assert not strict.ok and kinds(strict) == {"edited"}
     assert "development key" in strict.problems[0]
 
 
-def test_rows_from_before_a_key_was_configured_are_pinned_by_the_first_keyed_row(
+def test_rows_keyed_with_the_development_key_fail_even_when_keyed_rows_follow(
     store: Store, keyed: Store
 ) -> None:
-    build_chain(store)  # development key
+    build_chain(store)  # development key (or a forger who removed the key file) ...
     before = len(all_rows(store))
-    keyed.add_records([make("ps-later")], actor="import:peer-tool")  # then a real key
+    keyed.add_records([make("ps-later")], actor="import:peer-tool")  # ... then a (new) key
     with keyed.begin() as conn:
         keyed.audit(conn, actor="w1", action="ehr.exchange", detail={"status": 200})
     result = check(keyed)
-    assert result.ok and result.development_key
-    assert result.warnings == [
-        f"seq 1-{before}: keyed with the public development key (written before an audit key "
-        "was configured; the first row keyed with the audit key pins them)"
+    assert not result.ok and result.development_key and result.warnings == []
+    assert result.problems == [
+        f"seq 1-{before}: unproven (keyed with the public development key, which anyone can "
+        "recompute: written while no audit key was configured, or rewritten after the key "
+        "file was removed)"
     ]
     # A development-keyed row after keyed ones is a forgery (or a lost key): not ok.
     with keyed.engine.begin() as conn:
         append(conn, [{"actor": "mallory", "action": "job.state"}], DEVELOPMENT_KEY)
     result = check(keyed)
-    assert not result.ok and kinds(result) == {"edited"}
+    assert not result.ok and kinds(result) == {"edited", "unproven"}
 
 
 # -- tampering -------------------------------------------------------------------
@@ -327,7 +334,7 @@ def test_a_cut_off_tail_is_found_by_the_head_or_else_only_by_an_anchor(
     assert check(keyed).ok  # nothing in the database can tell ...
     result = check(keyed, anchor=anchor)  # ... but the anchor kept elsewhere can
     assert not result.ok and kinds(result) == {"truncated"}
-    assert result.problems[0].startswith(f"seq {chain}: truncated (the anchor exported ")
+    assert result.problems[0].startswith(f"seq {chain}: truncated (the anchor taken 20")
 
 
 def test_an_emptied_log_is_found_by_the_anchor(keyed: Store, chain: int) -> None:
@@ -709,7 +716,7 @@ def test_export_csv_writes_rows_since_and_an_anchor_that_verify_checks(home: Pat
         result = run("audit", "verify", "--anchor", str(anchor_file))
         assert result.exit_code == 1
         assert "audit log NOT intact: 1 problem(s)" in result.output
-        assert "seq 7: truncated (the anchor exported" in result.output
+        assert "seq 7: truncated (the anchor taken 20" in result.output
     finally:
         store.close()
 
@@ -750,7 +757,7 @@ def test_verify_prints_every_problem_and_exits_1(home: Path) -> None:
         delete_row(store, 5)
         result = run("audit", "verify")
         assert result.exit_code == 1
-        assert result.output.splitlines() == [
+        assert result.stdout.splitlines() == [
             "audit log NOT intact: 2 problem(s) in 6 row(s)",
             "  seq 2: edited (its MAC does not match its content)",
             "  seq 5: deleted (1 row(s) missing from the sequence)",
@@ -792,3 +799,200 @@ def test_audit_commands_on_a_database_older_than_the_chain_say_what_to_do(
         result = run("audit", *args)
         assert result.exit_code == 2
         assert "run `peersync db upgrade`" in result.output
+
+
+# -- issue 8: key downgrade, anchors, filtered and escaped exports ---------------
+
+
+def rechain(store: Store, key: bytes) -> None:
+    """What a forger does: recompute every MAC (and the head) with ``key``."""
+    prev = GENESIS_MAC
+    with store.engine.begin() as conn:
+        for r in [dict(x._mapping) for x in conn.execute(select(audit_events)
+                                                         .order_by(audit_events.c.seq))]:
+            prev = row_mac(key, prev, canonical(r))
+            conn.execute(update(audit_events).where(audit_events.c.seq == r["seq"])
+                         .values(mac=prev))
+        conn.execute(update(audit_chain_head).values(last_seq=r["seq"], last_mac=prev))
+
+
+def test_a_chain_rekeyed_with_the_development_key_after_the_key_was_deleted_fails(
+    home: Path,
+) -> None:
+    # Finding 13, as reported: delete peersync.key, edit a row, recompute the chain with the
+    # built-in key. Before: "audit log intact", exit 0 (only a warning on stderr).
+    store = write_dated_events(home)
+    try:
+        (home / "peersync.key").unlink()
+        set_row(store, 2, actor="mallory")
+        rechain(store, DEVELOPMENT_KEY)
+        result = run("audit", "verify")
+        assert result.exit_code == 1, result.output
+        assert "audit log NOT intact" in result.stdout and "audit log intact" not in result.stdout
+        assert "unproven (no audit key is configured" in result.stdout
+        # A new key and new activity must not launder the forged rows either.
+        assert run("audit", "init-key").exit_code == 0
+        rekeyed = home_store(home)
+        try:
+            with rekeyed.begin() as conn:
+                rekeyed.audit(conn, actor="w1", action="ehr.exchange")
+        finally:
+            rekeyed.close()
+        result = run("audit", "verify")
+        assert result.exit_code == 1
+        assert "seq 1-7: unproven (keyed with the public development key" in result.stdout
+    finally:
+        store.close()
+
+
+def test_verify_says_plainly_that_without_an_anchor_a_cut_tail_goes_unseen(home: Path) -> None:
+    store = write_dated_events(home)
+    try:
+        result = run("audit", "verify")
+        assert result.exit_code == 0
+        assert "without --anchor, a cut-off tail" in result.stderr
+        assert "cannot be detected" in result.stderr
+        anchor_file = home / "anchor.json"
+        assert run("audit", "anchor", "--output", str(anchor_file)).exit_code == 0
+        result = run("audit", "verify", "--anchor", str(anchor_file))
+        assert result.exit_code == 0 and "without --anchor" not in result.output
+    finally:
+        store.close()
+
+
+def test_audit_anchor_writes_the_head_and_verify_anchor_catches_a_cut_tail(home: Path) -> None:
+    store = write_dated_events(home)
+    try:
+        result = run("audit", "anchor")  # to standard output
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.stdout)
+        assert set(printed) == {"last_seq", "last_mac", "count", "anchored_at"}
+        assert (printed["last_seq"], printed["last_mac"], printed["count"]) == (7, *head(store)[1:],
+                                                                                 7)
+        assert datetime.fromisoformat(printed["anchored_at"].replace("Z", "+00:00")).tzinfo
+        anchor_file = home / "shipped" / "anchor.json"
+        anchor_file.parent.mkdir()
+        result = run("audit", "anchor", "--output", str(anchor_file))
+        assert result.exit_code == 0
+        assert f"anchor (seq 7, 7 row(s)) written to {anchor_file}" in result.output
+        assert json.loads(anchor_file.read_text())["last_mac"] == head(store)[1]
+
+        # cut two rows off the tail and move the head back: intact without the anchor
+        delete_row(store, 7)
+        delete_row(store, 6)
+        set_head(store, 5, row(store, 5)["mac"])
+        assert run("audit", "verify").exit_code == 0
+        result = run("audit", "verify", "--anchor", str(anchor_file))
+        assert result.exit_code == 1
+        assert "  seq 7: truncated (the anchor taken 20" in result.stdout
+        assert "the log now ends at seq 5)" in result.stdout
+
+        # a head that disagrees with the log is not anchored
+        set_head(store, 4, row(store, 4)["mac"])
+        result = run("audit", "anchor")
+        assert result.exit_code == 1 and result.stdout == ""
+        assert "not anchored: the chain head (seq 4) disagrees with the last row (seq 5)" in (
+            result.stderr)
+    finally:
+        store.close()
+
+
+def write_varied_events(store: Store) -> None:
+    with store.begin() as conn:
+        at = datetime(2026, 3, 1, tzinfo=UTC)
+        for i, (actor, action, record, state) in enumerate([
+            ("web:admin", "job.released", "ps-1", "pending"),
+            ("web:audrey", "login.ok", None, None),
+            ("w1", "job.state", "ps-1", "synced"),
+            ("w1", "job.state", "ps-2", "needs_attention"),
+            ("import:peer-tool", "record.accepted", "ps-2", "pending"),
+            ("web:admin", "login.failed", None, None),
+            ("w1", "job.state", "ps-3", "synced"),
+        ]):
+            store.audit(conn, actor=actor, action=action, record_id=record, state_to=state,
+                        source="peer-tool" if record else None, at=at + timedelta(days=i))
+
+
+@pytest.mark.parametrize("options, query", [
+    (["--until", "2026-03-04"], {"until": datetime(2026, 3, 4, tzinfo=UTC)}),
+    (["--actor", "web:*"], {"actor": "web:*"}),
+    (["--actor", "web:"], {"actor": "web:"}),
+    (["--actor", "w1"], {"actor": "w1"}),
+    (["--record", "ps-2"], {"record_id": "ps-2"}),
+    (["--outcome", "synced"], {"outcome": "synced"}),
+    (["--outcome", "login.failed"], {"outcome": "login.failed"}),
+    (["--actor", "w1", "--outcome", "synced", "--until", "2026-03-05T00:00:00Z"],
+     {"actor": "w1", "outcome": "synced", "until": datetime(2026, 3, 5, tzinfo=UTC)}),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_the_cli_export_honours_every_filter_of_the_page(
+    home: Path, options: list[str], query: dict[str, Any]
+) -> None:
+    from connector.reports import AuditQuery, audit_page
+
+    store = home_store(home)
+    try:
+        write_varied_events(store)
+        since = datetime(2026, 3, 2, tzinfo=UTC)
+        page = audit_page(store, AuditQuery(since=since, **query), limit=1000)
+        out = home / "filtered.csv"
+        result = run("audit", "export", "--since", "2026-03-02", "--output", str(out), *options)
+        assert result.exit_code == 0, result.output
+        with out.open(encoding="utf-8", newline="") as file:
+            exported = [int(r["seq"]) for r in csv.DictReader(file)]
+        assert exported == sorted(r["seq"] for r in page)
+        assert 0 < len(exported) < 6  # the filter narrowed something
+        anchor = json.loads((home / "filtered.csv.anchor.json").read_text())
+        assert anchor["rows"] == len(exported) and anchor["last_seq"] == head(store)[0]
+        assert anchor["filters"] and anchor["since"] == "2026-03-02T00:00:00.000000Z"
+    finally:
+        store.close()
+
+
+DANGEROUS_IDS = ["-2+3", "=HYPERLINK(\"x\")", "+1", "@SUM(A1)", "\tx", "\rx", "'quoted", "ok-1"]
+
+
+def test_csv_cells_are_escaped_against_formula_injection_and_still_verify(keyed: Store) -> None:
+    with keyed.begin() as conn:
+        for i, record_id in enumerate(DANGEROUS_IDS):
+            keyed.audit(conn, actor="-w1" if i == 0 else "w1", action="record.accepted",
+                        source="peer-tool", record_id=record_id)
+    out = io.StringIO(newline="")
+    export(keyed.engine, out, since=None, fmt="csv")
+    rows = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
+    assert [r["record_id"] for r in rows] == [
+        "'-2+3", "'=HYPERLINK(\"x\")", "'+1", "'@SUM(A1)", "'\tx", "'\rx", "''quoted", "ok-1"]
+    assert rows[0]["actor"] == "'-w1"
+    # no cell of the file starts a formula
+    for r in rows:
+        for cell in r.values():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+    # the escaping is reversible: every MAC recomputes from the file alone
+    from connector.audit import csv_value
+
+    prev = GENESIS_MAC
+    for r in rows:
+        content: dict[str, Any] = {n: csv_value(r[n]) or None for n in CONTENT_COLUMNS}
+        content["at"] = datetime.fromisoformat(content["at"].replace("Z", "+00:00"))
+        content["detail"] = json.loads(content["detail"]) if content["detail"] else None
+        assert row_mac(KEY, prev, canonical(content)) == r["mac"]
+        prev = r["mac"]
+
+
+def test_the_audit_module_no_longer_imports_the_store_and_the_cli_lives_apart() -> None:
+    import subprocess
+    import sys
+
+    import connector.audit
+    import connector.cli
+
+    code = ("import sys, connector.audit; "
+            "print('connector.store' in sys.modules, 'click' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=Path(connector.audit.__file__).parents[1])
+    assert done.stdout.split() == ["False", "False"]
+    source = Path(connector.audit.__file__).read_text(encoding="utf-8")
+    assert "connector.store" not in source and "import click" not in source
+    assert not hasattr(connector.audit, "audit_group")
+    assert connector.cli.main.commands["audit"].callback.__module__ == "connector.audit_cli"
+    assert set(connector.cli.main.commands["audit"].commands) == {  # type: ignore[attr-defined]
+        "export", "anchor", "verify", "init-key"}
