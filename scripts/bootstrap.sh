@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything PeerSync needs, idempotently: its venv (.venv) and the
 # demo/test EHR's own venv (.venv-ehr; sekmet's pins clash with ours).
-# Re-installs only when pyproject.toml or the EHR pin list changed.
+# .venv installs exactly requirements.lock (pinned, hash-checked; regenerate it
+# with scripts/lock.sh), then PeerSync itself without dependencies.
+# Re-installs only when pyproject.toml, requirements.lock or the EHR pin list changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,12 +15,39 @@ fi
 
 stamp() { sha256sum "$@" | sha256sum | cut -c1-16; }
 
-want=$(stamp pyproject.toml)
+want=$(stamp pyproject.toml requirements.lock)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.peersync-stamp 2>/dev/null)" != "$want" ]; then
-  echo "setting up .venv (PeerSync and its test tools) ..."
+  echo "setting up .venv (PeerSync and its test tools, from requirements.lock) ..."
+  rm -f .venv/.peersync-stamp  # a failed install below must not look done next time
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c 'import connector, mappings, webapp' 
+  .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock \
+    2>&1 | { grep -v "^WARNING: Location" || true; }
+  # The build backend (setuptools) comes from the lock too: no unpinned build env.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
+    2>&1 | { grep -v "^WARNING: Location" || true; }
+  # Every requirement of pyproject.toml (and its test extra) must be met by the lock.
+  .venv/bin/python - <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, distribution, version
+
+from packaging.requirements import Requirement
+
+stale = []
+for req in map(Requirement, distribution("peersync").requires or []):
+    if req.marker is not None and not req.marker.evaluate({"extra": "test"}):
+        continue
+    try:
+        have = version(req.name)
+    except PackageNotFoundError:
+        stale.append(f"{req} (not in the lock)")
+        continue
+    if not req.specifier.contains(have, prereleases=True):
+        stale.append(f"{req} (locked {have})")
+if stale:
+    sys.exit("requirements.lock does not satisfy pyproject.toml: " + "; ".join(stale)
+             + ". Run scripts/lock.sh and commit requirements.lock.")
+PY
+  .venv/bin/python -c 'import connector, mappings, webapp'
   echo "$want" > .venv/.peersync-stamp
 fi
 

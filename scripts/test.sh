@@ -43,5 +43,7 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== pip-audit (requirements.lock)"
+bash scripts/audit.sh
 echo "== pytest"
 .venv/bin/pytest "$@"
