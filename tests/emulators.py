@@ -623,3 +623,11 @@ def seed_encounters(upstream_base_url: str, sessions: list[tuple[str, str, str]]
         "subject": {"reference": f"Patient/{patient}"},
         "period": {"start": start, "end": end},
     }) for patient, start, end in sessions]
+
+
+def seed_organization(upstream_base_url: str, profile: Any, name: str = "Riverside") -> str:
+    """The agency's Organization, with the profile's identifier: its id."""
+    return _post(upstream_base_url, {
+        "resourceType": "Organization", "name": name,
+        "identifier": [{"system": profile.organization.system,
+                        "value": profile.organization.value}]})

@@ -44,6 +44,7 @@ FAULT_KINDS = ("status_5xx", "throttle_429", "reset_before", "reset_after", "tim
                "gateway_504_after")
 WRITE_METHODS = frozenset({"POST", "PUT"})
 
+
 class FaultProxy:
     """A reverse proxy in front of ``upstream`` (``http://127.0.0.1:<port>``, any path kept)."""
 
@@ -84,6 +85,7 @@ class FaultProxy:
         self._release = threading.Event()
         self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
+        self._reopener: threading.Thread | None = None  # set during an outage()
 
     def on_handler_error(self) -> None:
         self._count("handler_errors")
@@ -273,3 +275,73 @@ class FaultProxy:
             handler.reset()
         finally:
             conn.close()
+
+    # -- outage: connections refused (tests/reliability) ---------------------------------
+    # The EHR unreachable: the listener is closed, so every connection is refused
+    # (ECONNREFUSED) until the outage ends, then a listener on the same port serves again.
+    # Requests already being served finish; the upstream (sekmet) is never touched.
+
+    def outage(self, seconds: float) -> threading.Thread:
+        """Refuse every connection for ``seconds`` from now, then serve again by itself.
+
+        Returns the thread that reopens the listener; :meth:`wait_outage_over` joins it.
+        Call ``stop()`` only after the outage is over (or it ends it early).
+        """
+        import time
+
+        return self.refuse_until(time.monotonic() + seconds)
+
+    def refuse_until(self, deadline: float) -> threading.Thread:
+        """Refuse every connection until ``time.monotonic()`` reaches ``deadline``."""
+        import time
+
+        with self._lock:
+            if self._server is None or self._reopener is not None:
+                raise RuntimeError("not serving, or already in an outage")
+            server, thread = self._server, self._thread
+            port = int(server.server_address[1])
+            self.counts["outages"] += 1
+        server.shutdown()
+        server.server_close()  # the port is closed: connections are refused from here on
+        if thread is not None:
+            thread.join(timeout=10)
+
+        def reopen() -> None:
+            if self._stopping.wait(max(0.0, deadline - time.monotonic())):
+                return
+            new = _PinnedServer(self, port)
+            serving = threading.Thread(target=new.serve_forever, kwargs={"poll_interval": 0.1},
+                                       name="fault-proxy", daemon=True)
+            with self._lock:
+                self._server, self._thread = new, serving
+                self._reopener = None
+            serving.start()
+
+        reopener = threading.Thread(target=reopen, name="fault-proxy-outage", daemon=True)
+        self._reopener = reopener
+        reopener.start()
+        return reopener
+
+    @property
+    def in_outage(self) -> bool:
+        with self._lock:
+            return self._reopener is not None
+
+    def wait_outage_over(self, timeout_s: float) -> bool:
+        """Wait (bounded) until the listener serves again."""
+        reopener = self._reopener
+        if reopener is not None:
+            reopener.join(timeout=timeout_s)
+        return not self.in_outage
+
+
+class _PinnedServer(LoopbackServer):
+    """A loopback server on a given port (the outage's listener, reopened where it was)."""
+
+    def __init__(self, owner: FaultProxy, port: int) -> None:
+        self._pinned_port = port
+        super().__init__(owner)
+
+    def server_bind(self) -> None:
+        self.server_address = ("127.0.0.1", self._pinned_port)
+        super().server_bind()

@@ -294,7 +294,8 @@ def test_faults_between_connector_and_ehr(
     proxy.start()
     try:
         env = make_env(tmp_path, proxy.base_url, f"sqlite:///{tmp_path / 'peersync.db'}",
-                       monkeypatch, timeout_s=0.5, max_wait_s=60, **settings)
+                       monkeypatch, timeout_s=0.5, max_wait_s=60, probe_every_s=0.2,
+                       probe_max_s=1, **settings)  # the EHR gate's pauses scaled down
         ids = write_records(tmp_path / "records.jsonl", n, prefix=f"dur-{mode[:6]}")
         env.run("import", "--source", SOURCE, str(tmp_path / "records.jsonl"))
         started = time.monotonic()
