@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from connector.accounts_cli import token_group, user_group
-from connector.audit import KEY_ENV, audit_group, ensure_key_file
+from connector.audit import KEY_ENV, ensure_key_file
+from connector.audit_cli import audit_group
 from connector.cli_common import EXIT_CONFIG, EXIT_FAILED, CliError, open_client, open_store, wiring
 from connector.config import CONFIG_NAME, Config, home, load_config, valid_source, write_config
 from connector.errors import ConfigError, ConnectorError, EhrError
@@ -57,6 +58,9 @@ def main(verbose: int) -> None:
     # urllib3 logs whole URLs (query values included: identifiers, MRNs) at DEBUG;
     # our client logs them redacted instead.
     logging.getLogger("urllib3").setLevel(max(level, logging.INFO))
+    from connector.logging_setup import install as redact_logs
+
+    redact_logs()  # library records too: urllib3's "Retrying ... Patient?identifier=..."
 
 
 @main.command()
@@ -217,6 +221,10 @@ def import_(source: str | None, fmt: str | None, files: tuple[Path, ...]) -> Non
         summary = store.add_records(_accepted(results, counts), actor=f"import:{source}")
         new += summary.new_versions
         unchanged += summary.unchanged
+        for refused in summary.refused:  # valid, but the database would not store it
+            counts["accepted"] -= 1
+            counts["rejected"] += 1
+            click.echo(str(refused), err=True)
     click.echo(
         f"source {source}: {counts['accepted']} accepted ({new} new, {unchanged} unchanged), "
         f"{counts['rejected']} rejected"
@@ -517,29 +525,49 @@ def consent(participant_id: str, status: str, source: str | None,
 def status(as_json: bool) -> None:
     """Count records by sync state."""
     config = _config()
-    counts = _store(config).counts_by_state()
+    store = _store(config)
+    counts = store.counts_by_state()
     if as_json:
         click.echo(json.dumps(counts))
         return
     width = max(len(s) for s in ALL_STATES)
     for state in ALL_STATES:
         click.echo(f"{state:<{width}}  {counts[state]}")
+    from connector.gate import outage_line
+
+    line = outage_line(store)
+    if line:
+        click.echo(line)
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-def serve(host: str, port: int) -> None:
-    """Serve the admin web app."""
-    from connector.config import is_loopback_host
-    from webapp import create_app
+@click.option("--workers", type=int, default=None,
+              help="gunicorn worker processes  [default: [web] workers, else 2]")
+@click.option("--behind-proxy", is_flag=True,
+              help="A TLS-terminating proxy forwards to this server: trust one hop of "
+                   "X-Forwarded-Proto/-For/-Host (as [web] trusted_proxies = 1).")
+@click.option("--insecure-http", is_flag=True,
+              help="Session cookies without the Secure flag, for plain HTTP on loopback "
+                   "(the local demo only).")
+def serve(host: str, port: int, workers: int | None, behind_proxy: bool,
+          insecure_http: bool) -> None:
+    """Serve the admin web app (gunicorn). Put a TLS-terminating proxy in front."""
+    from connector.serve import ServeUsageError, bind_address, resolve_options, run
 
     config = _config()
-    # Beyond loopback, cookies go only over HTTPS (put a TLS-terminating proxy in front).
-    app = create_app({"PEERSYNC_CONFIG": str(config.path),
-                      "SESSION_COOKIE_SECURE": not is_loopback_host(host)})
-    click.echo(f"PeerSync admin: http://{host}:{port}/")
-    app.run(host=host, port=port, debug=False, use_reloader=False)
+    try:
+        options = resolve_options(config.web, host=host, port=port, workers=workers,
+                                  behind_proxy=behind_proxy, insecure_http=insecure_http)
+    except ServeUsageError as exc:
+        raise CliError(str(exc)) from None  # exit 2
+    if options.insecure_http:
+        click.echo(f"PeerSync admin: http://{bind_address(host, port)}/login (plain HTTP)")
+    else:
+        click.echo(f"PeerSync admin on {bind_address(host, port)}, {options.workers} workers; "
+                   "cookies are Secure: open it through your HTTPS proxy")
+    run(config, options)
 
 
 @main.command(hidden=True)

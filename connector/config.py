@@ -72,9 +72,32 @@ class SyncConfig:
     lease_s: float = 30.0
     renew_every_s: float = 10.0
     max_wait_s: float = 120.0  # how long `peersync sync` waits for scheduled retries
-    max_attempts: int = 8
+    max_attempts: int = 8  # failures that are neither transient nor the EHR's refusal
     # a note the EHR does not show yet (found by marker) is looked for again after this long
     lookup_grace_s: float = 30.0
+    # transient failures (unreachable, timeouts, 429, 5xx) are retried until this long
+    # after the record's first failure, then it needs attention (gave-up-after-outage)
+    give_up_after: float = 259200.0
+    retry_base_s: float | None = None  # the backoff's first step (None: connector.retry's 2 s)
+    retry_max_s: float | None = None  # the backoff's cap (None: connector.retry's 300 s)
+    # the EHR gate (connector.gate): one probe this long after the EHR became
+    # unreachable, doubling per failed probe up to probe_max_s
+    probe_every_s: float = 5.0
+    probe_max_s: float = 60.0
+    outage_after_failures: int = 3  # 5xx/timeouts in a row that close the gate
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """``[web]``: how `peersync serve` (and any server running ``create_app``) serves the app."""
+
+    # proxies in front whose X-Forwarded-For/-Proto/-Host are trusted (0: none)
+    trusted_proxies: int = 0
+    idle_timeout_s: float = 1800.0  # a session ends after this long without a request
+    workers: int = 2  # gunicorn worker processes (`peersync serve --workers` overrides)
+
+
+WEB_LIMITS = {"trusted_proxies": (0, 10), "idle_timeout_s": (60, 86400), "workers": (1, 64)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +109,7 @@ class Config:
     ehr: EhrConfig
     sync: SyncConfig = field(default_factory=SyncConfig)
     audit_key_file: str | None = None  # [audit] key_file; None: peersync.key beside this file
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def folder(self) -> Path:
@@ -212,6 +236,7 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
             "ehr": dict,
             "sync": dict,
             "audit": dict,
+            "web": dict,
         },
         {
             "profile": "default",
@@ -220,6 +245,7 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
             "ehr": None,
             "sync": {},
             "audit": {},
+            "web": {},
         },
     )
     if top["ehr"] is None:
@@ -310,6 +336,12 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
             "max_wait_s": (int, float),
             "max_attempts": int,
             "lookup_grace_s": (int, float),
+            "give_up_after": (int, float),
+            "retry_base_s": (int, float),
+            "retry_max_s": (int, float),
+            "probe_every_s": (int, float),
+            "probe_max_s": (int, float),
+            "outage_after_failures": int,
         },
         {},
     )
@@ -320,7 +352,22 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
         max_wait_s=float(sync.get("max_wait_s", defaults.max_wait_s)),
         max_attempts=int(sync.get("max_attempts", defaults.max_attempts)),
         lookup_grace_s=float(sync.get("lookup_grace_s", defaults.lookup_grace_s)),
+        give_up_after=float(sync.get("give_up_after", defaults.give_up_after)),
+        retry_base_s=float(sync["retry_base_s"]) if "retry_base_s" in sync else None,
+        retry_max_s=float(sync["retry_max_s"]) if "retry_max_s" in sync else None,
+        probe_every_s=float(sync.get("probe_every_s", defaults.probe_every_s)),
+        probe_max_s=float(sync.get("probe_max_s", defaults.probe_max_s)),
+        outage_after_failures=int(sync.get("outage_after_failures",
+                                           defaults.outage_after_failures)),
     )
+    for key in ("give_up_after", "probe_every_s", "probe_max_s", "retry_base_s", "retry_max_s"):
+        value = getattr(sync_cfg, key)
+        if value is not None and not 0 < value < math.inf:
+            raise _fail(path, f"sync.{key}", "must be a number of seconds above 0")
+    if sync_cfg.probe_max_s < sync_cfg.probe_every_s:
+        raise _fail(path, "sync.probe_max_s", "must not be shorter than sync.probe_every_s")
+    if sync_cfg.outage_after_failures < 1:
+        raise _fail(path, "sync.outage_after_failures", "must be at least 1")
     for key in ("lease_s", "renew_every_s"):
         if not 0 < getattr(sync_cfg, key) < math.inf:  # TOML allows inf and nan
             raise _fail(path, f"sync.{key}", "must be a number of seconds above 0")
@@ -335,6 +382,7 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
     audit = _take(top["audit"], path, "audit.", {"key_file": str}, {})
     if "key_file" in audit and not audit["key_file"].strip():
         raise _fail(path, "audit.key_file", "must name a file (or leave it out)")
+    web = parse_web(top["web"], path)
     database_url = environ.get("PEERSYNC_DATABASE_URL") or top["database_url"]
     return Config(
         path=path,
@@ -344,7 +392,45 @@ def parse_config(data: dict[str, Any], *, path: Path, environ: Mapping[str, str]
         ehr=EhrConfig(**ehr),
         sync=sync_cfg,
         audit_key_file=audit.get("key_file"),
+        web=web,
     )
+
+
+def parse_web(table: dict[str, Any], path: Path) -> WebConfig:
+    """The ``[web]`` table, validated (unknown keys and out-of-range values refused)."""
+    web = _take(table, path, "web.",
+                {"trusted_proxies": int, "idle_timeout_s": (int, float), "workers": int}, {})
+    for key, (low, high) in WEB_LIMITS.items():
+        if key in web and not low <= web[key] <= high:  # NaN fails too
+            raise _fail(path, f"web.{key}", f"must be between {low} and {high}")
+    defaults = WebConfig()
+    return WebConfig(
+        trusted_proxies=int(web.get("trusted_proxies", defaults.trusted_proxies)),
+        idle_timeout_s=float(web.get("idle_timeout_s", defaults.idle_timeout_s)),
+        workers=int(web.get("workers", defaults.workers)),
+    )
+
+
+def load_web_config(path: Path) -> WebConfig:
+    """Only the ``[web]`` table of the config file at ``path`` (defaults if it does not exist).
+
+    For ``create_app``, which must know how to serve before anything else of the
+    config is needed.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return WebConfig()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"{path}: cannot be read") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    table = data.get("web", {})
+    if not isinstance(table, dict):
+        raise _fail(path, "web", "must be a table")
+    return parse_web(table, path)
 
 
 def _rel(config_path: Path, value: str) -> Path:
@@ -401,13 +487,26 @@ type = "none"                   # none | basic | bearer | client_secret | smart
 lease_s = 30                    # a dead worker's jobs are taken again after their lease
 renew_every_s = 10
 max_wait_s = 120                # `peersync sync` waits at most this long for scheduled retries
-max_attempts = 8                # transient failures before a record needs attention
+max_attempts = 8                # other retryable failures (not the EHR's) before attention
 lookup_grace_s = 30             # a lost note not found yet is looked for again after this
+give_up_after = 259200          # transient EHR failures (unreachable, 429, 5xx) are retried
+                                # this long (s) from a record's first failure: 72 h
+# retry_base_s = 2              # the retry backoff's first step; it doubles up to retry_max_s
+# retry_max_s = 300
+probe_every_s = 5               # EHR unreachable: all workers pause; one probes after this,
+probe_max_s = 60                # doubling per failed probe up to this
+outage_after_failures = 3       # 5xx or timeouts in a row that pause all workers
 
 # The audit log's HMAC key: PEERSYNC_AUDIT_KEY (hex or base64) if set, else this
 # file (mode 0600; `peersync init` writes peersync.key beside this file).
 # [audit]
 # key_file = "peersync.key"
+
+# `peersync serve`: gunicorn behind a TLS-terminating proxy (cookies are Secure).
+[web]
+trusted_proxies = 0             # TLS proxies in front whose X-Forwarded-* count (--behind-proxy: 1)
+idle_timeout_s = 1800           # a session ends after this long without a request
+workers = 2                     # gunicorn worker processes
 """
 
 

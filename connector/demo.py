@@ -7,6 +7,7 @@ holds its patients; the participant without an MRN is left to wait.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from connector.audit import ensure_key_file, load_audit_key
 from connector.config import CONFIG_NAME, load_config, write_config
 from connector.ehr_sandbox import SekmetServer
 from connector.fhir_client import FhirClient
@@ -94,7 +96,11 @@ def run_demo(folder: Path, *, ehr_port: int, web_port: int, serve: bool) -> None
         path = write_config(folder, base_url=ehr.base_url, default_source="peer-tool")
         config = load_config(path)
         profile = load_profile(config.profile_path())
-        store = Store.from_url(config.database_url)
+        # A real audit key, as `peersync init` writes it (kept across demo runs): a chain
+        # keyed with the public development key fails `peersync audit verify`.
+        ensure_key_file(folder, config.audit_key_file)
+        key = load_audit_key(config.folder, config.audit_key_file, os.environ)
+        store = Store.from_url(config.database_url, audit_key=key)
         store.migrate()
         from connector.accounts import demo_accounts
 
@@ -121,10 +127,9 @@ def run_demo(folder: Path, *, ehr_port: int, web_port: int, serve: bool) -> None
         for name, role, password in logins:
             click.echo(f"  {name} / {password}   ({role})")
         if serve:
-            from webapp import create_app
+            from connector.serve import serve_in_subprocess
 
-            app = create_app({"PEERSYNC_CONFIG": str(path)})
             click.echo(f"PeerSync admin: http://127.0.0.1:{web_port}/   (Ctrl-C stops the demo)")
-            app.run(host="127.0.0.1", port=web_port, debug=False, use_reloader=False)
+            serve_in_subprocess(folder, port=web_port, insecure_http=True)  # gunicorn, plain HTTP
     finally:
         ehr.stop()

@@ -219,3 +219,38 @@ login_throttle = Table(
     Column("failures", Integer, nullable=False),
     Column("window_start", DateTime(timezone=True), nullable=False),
 )
+
+# -- the EHR gate (connector.gate) ---------------------------------------------
+# One row (id 1): whether the EHR is reachable. When a send finds it unreachable
+# every worker stops claiming until ``closed_until``; then one worker takes the
+# probe (moving ``closed_until`` on in the same UPDATE) and, when the EHR answers,
+# opens the gate and releases the records that waited on the outage.
+ehr_gate = Table(
+    "ehr_gate",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),  # open | closed
+    Column("since", DateTime(timezone=True)),  # unreachable since (the outage's first failure)
+    Column("closed_until", DateTime(timezone=True)),  # no claims before this, but the probe
+    Column("failures", Integer, nullable=False),  # outage failures in a row (probes included)
+    Column("probes", Integer, nullable=False),  # probes taken in this outage
+    Column("reason", String(200)),  # error class and status of the last failure: no PHI
+    Column("probe_owner", String(128)),  # the worker that took the last probe
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# -- web sessions (webapp.sessions) --------------------------------------------
+# A logged-in browser session: the cookie holds a random token, this table its
+# SHA-256, the user and the session's data. Logout, a new password or a disabled
+# account deletes the rows; a session idle too long (or too old) is refused.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # SHA-256 (hex) of the cookie's token
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("data", Text, nullable=False),  # the Flask session (tagged JSON): no PHI
+)
+Index("ix_web_sessions_user_id", web_sessions.c.user_id)
+Index("ix_web_sessions_last_seen", web_sessions.c.last_seen)

@@ -38,6 +38,9 @@ CSP = (
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    from connector.logging_setup import install as redact_logs
+
+    redact_logs()  # no URL query value (werkzeug's access log), SQL parameter or row in logs
     app = Flask(__name__, instance_relative_config=False)
     app.config.from_mapping(
         SECRET_KEY=None,
@@ -46,13 +49,21 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_NAME="peersync_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=False,  # `peersync serve` sets it for any non-loopback host
+        # Secure by default: only `peersync serve --insecure-http` (the local demo) turns it off
+        SESSION_COOKIE_SECURE=True,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
         REMEMBER_COOKIE_DURATION=timedelta(seconds=0),  # no "remember me"
         WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session: a note can take a while
-        MAX_CONTENT_LENGTH=8 * 1024 * 1024,
+        # Pages send no Referer (Referrer-Policy: no-referrer), so Flask-WTF's HTTPS-only
+        # Referer check would refuse every form behind a TLS proxy; the session-bound token
+        # and SameSite=Lax cookies are the CSRF defence.
+        WTF_CSRF_SSL_STRICT=False,
+        MAX_CONTENT_LENGTH=8 * 1024 * 1024,  # any body, forms and API (413 beyond)
         API_MAX_RECORDS=1000,
-        LOGIN_MAX_FAILURES=5,  # per user name, per window
+        API_MAX_DEPTH=64,  # lists/objects nested deeper: 400
+        API_MAX_ERRORS_PER_RECORD=20,  # errors listed per rejected record
+        API_MAX_ERROR_RECORDS=100,  # rejected records whose errors are listed
+        LOGIN_MAX_FAILURES=5,  # per (user name, address); then a growing delay
         LOGIN_MAX_FAILURES_PER_ADDRESS=20,
         LOGIN_WINDOW_S=15 * 60,
         SYNC_ON_ACTION=True,  # after a form, retry or link: one sync pass in the request
@@ -65,10 +76,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _secret_key(app)
+    _serving_config(app, given=set(test_config or {}))
 
     from webapp import access
 
     access.init_app(app)  # before CSRF: anonymous -> login, wrong role -> 403, then the token
+    from webapp.sessions import ServerSessions
+
+    app.session_interface = ServerSessions()  # logins live in web_sessions: revocable, idle-timed
     send_static = app.view_functions["static"]
 
     @access.public
@@ -109,6 +124,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     @app.after_request
     def security_headers(response: Any) -> Any:
+        from flask import request
+
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -116,13 +133,41 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         response.headers.setdefault("Permissions-Policy",
                                     "camera=(), microphone=(), geolocation=()")
-        if app.config.get("SESSION_COOKIE_SECURE"):
+        if request.is_secure:  # HTTPS here, or at the trusted proxy (ProxyFix)
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if response.mimetype == "text/html":
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
     return app
+
+
+def _serving_config(app: Flask, *, given: set[str]) -> None:
+    """Cookie flags, proxy trust and the idle timeout, from ``[web]`` unless set explicitly.
+
+    ``PEERSYNC_TRUSTED_PROXIES`` (N > 0: X-Forwarded-For/-Proto/-Host/-Port are
+    taken from N proxy hops, werkzeug's ProxyFix) and ``PEERSYNC_IDLE_TIMEOUT_S``
+    come from the test config, a ``FLASK_`` variable, or ``[web]`` in peersync.toml.
+    """
+    given = given | {k.removeprefix("FLASK_") for k in os.environ if k.startswith("FLASK_")}
+    if not {"PEERSYNC_TRUSTED_PROXIES", "PEERSYNC_IDLE_TIMEOUT_S"} <= given:
+        from connector.config import CONFIG_NAME, load_web_config
+
+        configured = app.config.get("PEERSYNC_CONFIG")
+        web = load_web_config(Path(configured) if configured
+                              else _config_folder(app) / CONFIG_NAME)
+        if "PEERSYNC_TRUSTED_PROXIES" not in given:
+            app.config["PEERSYNC_TRUSTED_PROXIES"] = web.trusted_proxies
+        if "PEERSYNC_IDLE_TIMEOUT_S" not in given:
+            app.config["PEERSYNC_IDLE_TIMEOUT_S"] = web.idle_timeout_s
+    if "REMEMBER_COOKIE_SECURE" not in given:
+        app.config["REMEMBER_COOKIE_SECURE"] = bool(app.config["SESSION_COOKIE_SECURE"])
+    hops = int(app.config["PEERSYNC_TRUSTED_PROXIES"])
+    if hops > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
 
 
 def _config_folder(app: Flask) -> Path:

@@ -123,3 +123,24 @@ def test_map_needs_no_network_and_lists_the_waiting(home: Path) -> None:
     assert types.count("Encounter") == 2  # 000126 has no MRN: left out
     assert "left out: peer-tool/ps-2026-000126: waiting_patient (no-mrn)" in result.stderr
     assert json.loads(run("status", "--json").stdout)["pending"] == 0
+
+
+def test_import_counts_a_record_the_database_refused_as_rejected_by_name(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Intake stops the known cases; any row the database still refuses is named, not lost."""
+    from connector.store import AddSummary, Refused, Store
+
+    real = Store.add_records
+
+    def refusing(self: Store, records, **kwargs):  # type: ignore[no-untyped-def]
+        kept = [r for r in records if r.id != "ps-2026-000124"]
+        summary: AddSummary = real(self, kept, **kwargs)
+        return summary + AddSummary(refused=(Refused("peer-tool", "ps-2026-000124",
+                                                     "note.id", "DataError"),))
+
+    run("init")
+    monkeypatch.setattr(Store, "add_records", refusing)
+    result = run("import", "--source", "peer-tool", str(DATA / "batch.jsonl"))
+    assert result.exit_code == 1
+    assert "id=ps-2026-000124" in result.stderr and "note.id" in result.stderr
+    assert "2 accepted" in result.stdout and "1 rejected" in result.stdout
