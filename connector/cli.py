@@ -2,13 +2,17 @@
 
 Exit codes: 0 success; 1 some records were rejected or did not reach the EHR;
 2 bad usage or configuration (click's own usage errors are 2 as well).
+
+``main`` and the record commands (import, map, status) live here, with serve and
+demo; the command groups are registered from their own modules: connector/cli_setup.py
+(init, config, db), connector/cli_sync.py (sync, worker, retry, link, consent),
+connector/audit_cli.py and connector/accounts_cli.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,36 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from connector import cli_setup, cli_sync
 from connector.accounts_cli import token_group, user_group
-from connector.audit import KEY_ENV, ensure_key_file
 from connector.audit_cli import audit_group
-from connector.cli_common import EXIT_CONFIG, EXIT_FAILED, CliError, open_client, open_store, wiring
-from connector.config import CONFIG_NAME, Config, home, load_config, valid_source, write_config
-from connector.errors import ConfigError, ConnectorError, EhrError
-from connector.states import ALL_STATES, WAITING_STATES, JobState
+from connector.cli_common import EXIT_CONFIG, EXIT_FAILED, CliError, open_store, wiring
+from connector.config import CONFIG_NAME, home, valid_source
+from connector.errors import ConnectorError, EhrError
+from connector.states import ALL_STATES, JobState
 
 if TYPE_CHECKING:
-    from connector.fhir_client import FhirClient
-    from connector.store import Store
     from mappings.profile import Profile
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "CliError", "main"]
-
-
-def _config() -> Config:
-    return wiring().config
-
-
-def _profile(config: Config | None = None) -> Profile:
-    return wiring().profile
-
-
-def _store(config: Config | None = None) -> Store:
-    return open_store()
-
-
-def _client(config: Config | None = None, profile: Profile | None = None) -> FhirClient:
-    return open_client()
+__all__ = ["CONFIG_NAME", "EXIT_CONFIG", "EXIT_FAILED", "CliError", "EhrError", "main"]
 
 
 @click.group()
@@ -63,122 +49,9 @@ def main(verbose: int) -> None:
     redact_logs()  # library records too: urllib3's "Retrying ... Patient?identifier=..."
 
 
-@main.command()
-@click.option(
-    "--ehr-url",
-    default="http://127.0.0.1:8090/fhir",
-    show_default=True,
-    help="The EHR's FHIR base URL.",
-)
-@click.option(
-    "--database-url",
-    default="sqlite:///peersync.db",
-    show_default=True,
-    help="SQLAlchemy URL (relative SQLite paths are relative to PEERSYNC_HOME).",
-)
-@click.option(
-    "--source",
-    "default_source",
-    default="peer-tool",
-    show_default=True,
-    help="Default source name for imports.",
-)
-@click.option(
-    "--profile",
-    default="default",
-    show_default=True,
-    help='Agency profile: "default" or a path to a TOML file.',
-)
-@click.option(
-    "--preset",
-    default="generic",
-    show_default=True,
-    help="What the EHR's write API takes: generic | us-core-notes | epic | oracle-health "
-         "(or a path to a preset file); `peersync config check` prints the write plan.",
-)
-@click.option("--force", is_flag=True, help="Replace an existing peersync.toml.")
-def init(ehr_url: str, database_url: str, default_source: str, profile: str, preset: str,
-         force: bool) -> None:
-    """Write peersync.toml and create the database in $PEERSYNC_HOME (default: here)."""
-    folder = home()
-    if not valid_source(default_source):
-        raise CliError("--source: must be 1-64 characters of A-Z a-z 0-9 . _ -")
-    try:
-        path = write_config(
-            folder,
-            base_url=ehr_url,
-            database_url=database_url,
-            default_source=default_source,
-            profile=profile,
-            preset=preset,
-            overwrite=force,
-        )
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
-    config = load_config(path)
-    wiring()
-    from connector.store import Store
-
-    store = Store.from_url(config.database_url)
-    store.migrate()
-    store.close()
-    click.echo(f"wrote {path}")
-    click.echo(f"database ready: {_safe_url(config.database_url)}")
-    key_file = ensure_key_file(folder, config.audit_key_file)
-    click.echo(f"audit key: {key_file} (mode 0600; keep a copy away from the database)"
-               + (f"; {KEY_ENV} is set and takes precedence" if os.environ.get(KEY_ENV) else ""))
-
-
-main.add_command(audit_group)
-main.add_command(user_group)
-main.add_command(token_group)
-
-
-@main.group("config")
-def config_group() -> None:
-    """Check or show the deployment config."""
-
-
-@config_group.command("check")
-def config_check() -> None:
-    """Check the config and profile, the EHR's capabilities, auth, and the agency's
-    Organization and Device (matched or created once). Exit 1 when a check fails."""
-    from connector.setup_check import check_setup
-
-    wired = wiring()
-    store = open_store()
-    report = check_setup(wired.config, profile=wired.profile, store=store,
-                         client_factory=wired.client, wiring=wired)
-    for line in report.lines():
-        click.echo(line)
-    sys.exit(report.exit_code)
-
-
-@config_group.command("show")
-def config_show() -> None:
-    """Print the effective config (environment overrides applied; secrets never shown)."""
-    from connector.setup_check import render_config
-
-    click.echo(render_config(_config()))
-
-
-@main.group()
-def db() -> None:
-    """Database maintenance."""
-
-
-@db.command("upgrade")
-def db_upgrade() -> None:
-    """Apply pending schema migrations."""
-    config = _config()
-    from connector.store import Store
-
-    store = Store.from_url(config.database_url)
-    try:
-        store.migrate()
-    finally:
-        store.close()
-    click.echo("database schema is up to date")
+for _command in (cli_setup.init, cli_setup.config_group, cli_setup.db, *cli_sync.COMMANDS,
+                audit_group, user_group, token_group):
+    main.add_command(_command)
 
 
 def _accepted(results: Iterator[Any], counts: dict[str, int]) -> Iterator[Any]:
@@ -207,11 +80,11 @@ def import_(source: str | None, fmt: str | None, files: tuple[Path, ...]) -> Non
     """Validate records and queue them for the EHR. Prints counts and every error."""
     from connector.intake import iter_records
 
-    config = _config()
+    config = wiring().config
     source = source or config.default_source
     if not valid_source(source):
         raise CliError("--source: must be 1-64 characters of A-Z a-z 0-9 . _ -")
-    store = _store(config)
+    store = open_store()
     counts = {"accepted": 0, "rejected": 0}
     new = unchanged = 0
     for file in files:
@@ -250,8 +123,8 @@ def map_(source: str | None, files: tuple[Path, ...]) -> None:
     from connector.sync import EmptyLedger, Refs, bundle_for, plan_record
     from mappings.resources import mrn_identifier, search_token, staff_identifier
 
-    config = _config()
-    profile = _profile(config)
+    config = wiring().config
+    profile = wiring().profile
     plan = wiring().plan()
     source = source or config.default_source
     org, dev = profile.organization, profile.device
@@ -342,190 +215,10 @@ def _would_wait(record: Any, profile: Profile) -> str | None:
 
 
 @main.command()
-@click.option(
-    "--max-wait",
-    type=float,
-    default=None,
-    help="Seconds to wait for scheduled retries (default: sync.max_wait_s, 120).",
-)
-def sync(max_wait: float | None) -> None:
-    """Send every pending record to the EHR and print a summary."""
-    wired = wiring()
-    config = wired.config
-    store = open_store()
-    bound = config.sync.max_wait_s if max_wait is None else max_wait
-    with open_client() as client:
-        engine = _engine(store, client, f"sync:{os.getpid()}")
-        click.echo(
-            f"syncing to {config.ehr.base_url} (preset {engine.plan.preset.name}, "
-            f"{engine.plan.mode} mode); waiting up to {bound:.0f} s for scheduled retries"
-        )
-        try:
-            summary = engine.run(max_wait_s=bound)
-        except ConnectorError as exc:
-            raise click.ClickException(f"sync stopped: {exc}") from None
-    states = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "nothing due"
-    click.echo(f"{summary.claimed} record(s) processed in {summary.bundles} bundle(s): {states}")
-    for line in summary.errors[:50]:
-        click.echo(f"  {line}", err=True)
-    counts = store.counts_by_state()
-    click.echo("now: " + ", ".join(f"{counts[s]} {s}" for s in ALL_STATES if counts[s]))
-    ok_states = {JobState.SYNCED.value} | {s.value for s in WAITING_STATES}
-    if any(state not in ok_states for state in summary.states):
-        sys.exit(EXIT_FAILED)
-
-
-def _engine(store: Store, client: FhirClient, worker: str) -> Any:
-    try:
-        return wiring().engine(store, client, worker=worker)
-    except ConnectorError as exc:  # mode = "auto": the CapabilityStatement could not be read
-        raise click.ClickException(f"cannot resolve the write plan: {exc}") from None
-
-
-@main.command()
-@click.option("--poll", default=2.0, show_default=True, type=float,
-              help="Seconds between looks at the queue when it is idle.")
-@click.option("--rescan", default=300.0, show_default=True, type=float,
-              help="Seconds between re-resolving waiting records against the EHR.")
-def worker(poll: float, rescan: float) -> None:
-    """Run continuously (several may run at once); SIGTERM or Ctrl-C stops it gracefully.
-
-    The batch in hand is finished first; a worker that dies instead leaves
-    leased jobs that another worker takes again when their lease expires.
-    """
-    import signal
-    import threading
-    import time
-
-    config = _config()
-    store = open_store()
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        click.echo(f"signal {signum}: finishing the batch in hand, then stopping", err=True)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    name = f"worker:{os.uname().nodename}:{os.getpid()}"
-    last_scan = float("-inf")
-    totals: dict[str, int] = {}
-    with open_client() as client:
-        engine = _engine(store, client, name)
-        click.echo(f"{name}: syncing to {config.ehr.base_url} "
-                   f"(preset {engine.plan.preset.name}, {engine.plan.mode} mode)")
-        while not stop.is_set():
-            rescan_now = time.monotonic() - last_scan >= rescan
-            if rescan_now:
-                last_scan = time.monotonic()
-            try:
-                summary = engine.run(max_wait_s=0, stop=stop, include_waiting=rescan_now)
-            except ConnectorError as exc:
-                click.echo(f"{name}: {exc}; retrying in {poll:.0f} s", err=True)
-                stop.wait(poll)
-                continue
-            for state, n in summary.states.items():
-                totals[state] = totals.get(state, 0) + n
-            if not summary.claimed:
-                stop.wait(poll)
-    click.echo(f"{name}: stopped; " + (", ".join(f"{n} {s}" for s, n in sorted(totals.items()))
-                                       or "nothing processed"))
-
-
-@main.command()
-@click.argument("job_ids", nargs=-1, type=int)
-@click.option("--all-failed", is_flag=True, help="Re-queue every record that needs attention.")
-def retry(job_ids: tuple[int, ...], all_failed: bool) -> None:
-    """Re-queue records that need attention (by job id, as `peersync status` and the app show)."""
-    if bool(job_ids) == all_failed:
-        raise click.UsageError("give job ids or --all-failed (not both)")
-    store = _store(_config())
-    count = store.requeue(None if all_failed else list(job_ids), actor="cli:retry")
-    click.echo(f"{count} record(s) re-queued")
-    if job_ids and count < len(job_ids):
-        click.echo("some ids were not in needs_attention and were left as they are", err=True)
-        sys.exit(EXIT_FAILED)
-
-
-@main.group()
-def link() -> None:
-    """Link a participant, a specialist or a session to the EHR's own Patient, Practitioner
-    or Encounter."""
-
-
-@link.command("patient")
-@click.argument("participant_id")
-@click.argument("patient_id")
-@click.option("--source", help="The participant's source (default: config default_source).")
-def link_patient(participant_id: str, patient_id: str, source: str | None) -> None:
-    """Link PARTICIPANT_ID (the peer tool's id) to the EHR's Patient/PATIENT_ID."""
-    config = _config()
-    source = source or config.default_source
-    _link(config, "patient", f"{source}|{participant_id}", "Patient", patient_id,
-          JobState.WAITING_PATIENT, source=source, participant_id=participant_id)
-
-
-@link.command("staff")
-@click.argument("specialist_id")
-@click.argument("practitioner_id")
-def link_staff(specialist_id: str, practitioner_id: str) -> None:
-    """Link SPECIALIST_ID (the agency's staff id) to the EHR's Practitioner/PRACTITIONER_ID."""
-    _link(_config(), "practitioner", specialist_id, "Practitioner", practitioner_id,
-          JobState.WAITING_STAFF, specialist_id=specialist_id)
-
-
-@link.command("encounter")
-@click.argument("record_id")
-@click.argument("encounter_id")
-@click.option("--source", help="The record's source (default: config default_source).")
-def link_encounter(record_id: str, encounter_id: str, source: str | None) -> None:
-    """Attach RECORD_ID's note to the EHR's own Encounter/ENCOUNTER_ID (EHRs that own them)."""
-    config = _config()
-    source = source or config.default_source
-    _link(config, "encounter", f"{source}|{record_id}", "Encounter", encounter_id,
-          JobState.WAITING_ENCOUNTER, source=source, record_id=record_id)
-
-
-def _link(config: Config, kind: str, key: str, resource_type: str, ehr_id: str,
-          state: JobState, **who: str) -> None:
-    from connector.actions import link
-
-    store = _store(config)
-    with _client(config) as client:
-        try:  # the same function as the web app's matching page
-            linked = link(store, client, kind, key, resource_type, ehr_id, state,
-                          actor="cli:link", **who)
-        except EhrError as exc:
-            raise click.ClickException(f"{resource_type}/{ehr_id}: {exc}") from None
-    click.echo(f"linked to {linked.reference}; {linked.released} waiting record(s) released "
-               "(run `peersync sync`)")
-
-
-@main.command()
-@click.argument("participant_id")
-@click.argument("status", type=click.Choice(["active", "revoked"]))
-@click.option("--source", help="The participant's source (default: config default_source).")
-@click.option("--consent-id", help="The source's id of the consent document.")
-def consent(participant_id: str, status: str, source: str | None,
-            consent_id: str | None) -> None:
-    """Record a participant's 42 CFR Part 2 consent: active releases, revoked stops."""
-    config = _config()
-    source = source or config.default_source
-    released = _store(config).set_consent(source=source, participant_id=participant_id,
-                                          status=status, actor="cli:consent",
-                                          consent_id=consent_id)
-    if status == "active":
-        click.echo(f"consent active; {released} waiting record(s) released (run `peersync sync`)")
-    else:
-        click.echo("consent revoked; no further Part 2 records of this participant will be sent")
-
-
-@main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: state -> count.")
 def status(as_json: bool) -> None:
     """Count records by sync state."""
-    config = _config()
-    store = _store(config)
+    store = open_store()
     counts = store.counts_by_state()
     if as_json:
         click.echo(json.dumps(counts))
@@ -556,7 +249,7 @@ def serve(host: str, port: int, workers: int | None, behind_proxy: bool,
     """Serve the admin web app (gunicorn). Put a TLS-terminating proxy in front."""
     from connector.serve import ServeUsageError, bind_address, resolve_options, run
 
-    config = _config()
+    config = wiring().config
     try:
         options = resolve_options(config.web, host=host, port=port, workers=workers,
                                   behind_proxy=behind_proxy, insecure_http=insecure_http)
@@ -582,16 +275,3 @@ def demo(port: int, web_port: int, no_serve: bool) -> None:
         run_demo(home(), ehr_port=port, web_port=web_port, serve=not no_serve)
     except (ConnectorError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _safe_url(url: str) -> str:
-    """A database URL without its password, for printing."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - printing only
-        return "(database URL)"
-
-
-__all__ = ["main", "CONFIG_NAME", "EhrError"]

@@ -1,7 +1,7 @@
 """What every CLI command group shares: its errors, exit codes, and the wiring of this deployment.
 
-``peersync`` (connector/cli.py) and its account commands (connector/accounts_cli.py)
-both use it, so neither imports the other.
+``peersync`` (connector/cli.py) and its command groups (connector/cli_setup.py,
+cli_sync.py, accounts_cli.py, audit_cli.py) all use it, so none imports cli.py.
 """
 
 from __future__ import annotations
