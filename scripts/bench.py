@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench.py sync 2000 --mode transaction
     .venv/bin/python scripts/bench.py sync 500 --mode single
     .venv/bin/python scripts/bench.py sync 300 --preset epic   # through the Epic emulator
+    .venv/bin/python scripts/bench.py backfill [--n N] [--quick] [--json]   # issue 9
 
 `import` generates N records (JSON Lines) and times `peersync import` into a
 fresh SQLite store; `sync` starts a local sekmet (in memory), seeds the sample
@@ -11,6 +12,15 @@ patients, imports N records and times `peersync sync`; with `--preset` it syncs
 through that EHR's strict emulator (tests/emulators.py) with the EHR's own
 practitioners and encounters seeded first. Each prints records/s and the
 process's peak RSS.
+
+`backfill` is issue 9's side-by-side benchmark in one run (raw floor, naive
+script, `peersync import`/`sync` on SQLite and PostgreSQL, mapping alone,
+us-core-notes single mode through 50/100/200 ms of latency, 1 vs 2 workers on
+PostgreSQL): see scripts/benchlib/backfill.py. Default sizes: 1,000 record
+versions for the throughput phases, 40 per latency, 96 for the worker runs
+(about 2-3 minutes; `--n N`: N, N/25, N/10); `--quick` is a ~20-30-second smoke
+run (40, 6 at 50 ms only, 32 with the workers at 50 ms); `--json` prints one
+JSON object on stdout (progress goes to stderr).
 """
 
 from __future__ import annotations
@@ -114,13 +124,30 @@ def bench_sync(n: int, home: Path, mode: str | None, conditional: bool,
 
 def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["import", "sync"])
-    parser.add_argument("n", type=int)
-    parser.add_argument("--mode", default=None, choices=["transaction", "batch", "single"])
-    parser.add_argument("--preset", default=None,
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("import", help="intake + store, SQLite").add_argument("n", type=int)
+    sync_p = sub.add_parser("sync", help="peersync sync against a local sekmet")
+    sync_p.add_argument("n", type=int)
+    sync_p.add_argument("--mode", default=None, choices=["transaction", "batch", "single"])
+    sync_p.add_argument("--preset", default=None,
                         choices=["generic", "us-core-notes", "epic", "oracle-health"])
-    parser.add_argument("--no-conditional", action="store_true")
+    sync_p.add_argument("--no-conditional", action="store_true")
+    fill = sub.add_parser("backfill", help="issue 9's benchmark, every figure in one run")
+    fill.add_argument("--n", type=int, default=None,
+                      help="record versions for the throughput phases (default 1000; the "
+                           "latency and worker phases get N/25 and N/10)")
+    fill.add_argument("--quick", action="store_true", help="a ~20-second smoke run")
+    fill.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    fill.add_argument("--pg-url", default=os.environ.get("PEERSYNC_TEST_DATABASE_URL")
+                      or "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                      help="a PostgreSQL server where a database of our own is created "
+                           "and dropped (skipped when unreachable)")
+    fill.add_argument("--keep", action="store_true", help="keep the working folder (logs)")
     args = parser.parse_args()
+    if args.what == "backfill":
+        from scripts.benchlib import backfill
+
+        raise SystemExit(backfill.main(args.n, args.quick, args.pg_url, args.json, args.keep))
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "import":
             bench_import(args.n, Path(tmp))
