@@ -23,6 +23,22 @@ PASSWORDS = {
 }
 ROLE_USER = {"admin": "admin", "specialist": "alex", "auditor": "audrey"}
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_STARTED = re.compile(r'name="started" value="([^"]+)"')
+
+# A valid submission of the specialist's Document form (webapp/document.py).
+DOCUMENT_FORM = {
+    "participant.id": "P-2001",
+    "participant.mrn": "MRN-55821",
+    "participant.given": "Dana",
+    "participant.family": "Lopez",
+    "date": "2026-11-23",
+    "start_time": "10:00",
+    "end_time": "10:45",
+    "status": "completed",
+    "service.modality": "video",
+    "goals": "housing, wellness",
+    "note.text": "Talked through the lease renewal.\nNext: call the landlord together.",
+}
 
 
 @dataclass
@@ -106,6 +122,15 @@ def csrf_token(client: FlaskClient, path: str = "/login") -> str:
     match = _CSRF.search(page.get_data(as_text=True))
     assert match, f"no CSRF token on {path}"
     return match.group(1)
+
+
+def document_form(client: FlaskClient) -> dict[str, str]:
+    """The Document form's hidden fields as the page issues them: CSRF token, signed start."""
+    html = client.get("/document/").get_data(as_text=True)
+    return {
+        "csrf_token": _CSRF.search(html).group(1),  # type: ignore[union-attr]
+        "started": _STARTED.search(html).group(1),  # type: ignore[union-attr]
+    }
 
 
 def log_in(client: FlaskClient, name: str, password: str | None = None) -> Any:

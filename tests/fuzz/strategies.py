@@ -10,6 +10,7 @@ import copy
 import re
 from typing import Any
 
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 from connector.intake import CSV_COLUMNS
@@ -18,6 +19,20 @@ from tests.conftest import example_dict
 CANARY = "PHI~XQ"  # "~" is not allowed in an id: a valid id never carries it
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 PATHS = sorted(CSV_COLUMNS) + ["participant", "specialist", "service", "note", "consent"]
+
+
+def fuzz_settings(examples: int) -> settings:
+    """Deterministic, no example database, no shrinking."""
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],  # no shrinking: keep failures fast
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                               HealthCheck.data_too_large],
+    )
+
 
 texts = st.text(max_size=12).map(lambda s: CANARY + s)
 hostile_strings = st.one_of(

@@ -30,12 +30,13 @@ from urllib.parse import quote_plus
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from markupsafe import escape
 from werkzeug import urls  # noqa: F401  (registers the "werkzeug.url_quote" codec handler)
 
-from tests.fuzz.strategies import CANARY
+from tests.fuzz.strategies import CANARY, fuzz_settings
+from tests.webapp_support import DOCUMENT_FORM
 
 SUBMISSIONS = 500
 GOOD_EVERY = 10  # a good submission before every 10th bad one
@@ -54,16 +55,8 @@ ERROR_IDS = {name.replace(".", "-") for name in FIELDS}
 
 # A valid form; the marker in free text (names, note) rides along with every submission.
 GOOD = {
-    "participant.id": "P-2001",
-    "participant.mrn": "MRN-55821",
+    **DOCUMENT_FORM,
     "participant.given": "Dana" + CANARY,
-    "participant.family": "Lopez",
-    "date": "2026-11-23",
-    "start_time": "10:00",
-    "end_time": "10:45",
-    "status": "completed",
-    "service.modality": "video",
-    "goals": "housing, wellness",
     "note.text": "Talked through the lease renewal " + CANARY + ".\nNext: call the landlord.",
 }
 
@@ -74,18 +67,6 @@ _TEXTAREA = re.compile(r'(<textarea name="note\.text"[^>]*>)(.*?)(</textarea>)',
 _FIELD_ERROR = re.compile(r'<span class="field-error" id="err-([^"]+)">(.*?)</span>', re.S)
 _GENERAL = re.compile(
     r'<div class="flash flash-error" role="alert" id="form-errors">(.*?)</div>\s*<form', re.S)
-
-
-def fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        derandomize=True,
-        deadline=None,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],  # no shrinking: keep failures fast
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                               HealthCheck.data_too_large],
-    )
 
 
 # -- strategies: form values are strings (or raw bytes) -----------------------

@@ -16,28 +16,25 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from connector.errors import RecordInvalid
 from connector.intake import CSV_COLUMNS, Accepted, Rejected, iter_records, validate_record
 from connector.records import EncounterRecord
-from tests.fuzz.strategies import CANARY, ID_RE, base, hostile_strings, malformed, no_echo, put
+from tests.fuzz.strategies import (
+    CANARY,
+    ID_RE,
+    base,
+    fuzz_settings,
+    hostile_strings,
+    malformed,
+    no_echo,
+    put,
+)
 
 SRC = "fuzz"
 FIGURES: dict[str, int] = {}
-
-
-def fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        derandomize=True,
-        deadline=None,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],  # no shrinking: keep failures fast
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                               HealthCheck.data_too_large],
-    )
 
 
 def batches(size: int, good_every: int = 2) -> st.SearchStrategy[list[dict[str, Any]]]:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from click.testing import CliRunner
+from flask import Flask
 
 from connector.cli import main
 from connector.demo import seed_patients
 from connector.fhir_client import FhirClient
 from mappings.profile import default_profile_path, load_profile
+from tests.webapp_support import Home, add_users, cheap_hashes, make_app
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SOURCE = "peer-tool"
@@ -101,3 +104,23 @@ def env(tmp_path: Path, sekmet: Any, database_url: str, monkeypatch: pytest.Monk
     with FhirClient(base_url=sekmet.base_url, timeout_s=10) as client:
         seed_patients(client, profile, [DATA / n for n in FIRST_IMPORT + ["amendment.json"]])
     return e
+
+
+# -- the admin app on that home ------------------------------------------------------------
+
+@pytest.fixture
+def home(env: Env, monkeypatch: pytest.MonkeyPatch) -> Home:
+    """The env's home with the test users (tests.webapp_support.PASSWORDS)."""
+    cheap_hashes(monkeypatch)
+    h = Home(env.home, env.home / "peersync.toml", env.base_url)
+    add_users(h)
+    return h
+
+
+@pytest.fixture
+def app(home: Home) -> Iterator[Flask]:
+    from webapp import close_app
+
+    application = make_app(home, SYNC_ON_ACTION=True)
+    yield application
+    close_app(application)

@@ -211,6 +211,22 @@ class Workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
 
+    def kill_at(self, proxy: FaultProxy, phase: str, nth: int, paths: tuple[str, ...]) -> None:
+        """Start a worker and SIGKILL it at one kill point, then let the proxy go on: held
+        ``phase`` ("before"/"after") the ``nth`` write to ``paths``, or ("time") as soon as
+        ``nth`` more writes were applied."""
+        if phase == "time":
+            target = proxy.counts["writes_applied"] + nth
+            proc = self.start()
+            assert proxy.wait_writes(target, 60), self.output()
+        else:
+            proxy.arm(phase, nth, paths)
+            proc = self.start()
+            assert proxy.paused.wait(60), (phase, nth, paths, self.output())
+        self.kill(proc)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        proxy.release()
+
     def output(self) -> str:
         return "\n".join(p.read_text("utf-8", "replace")[-2000:]
                          for p in sorted(self.logs.glob("worker-*.log")))
@@ -362,17 +378,7 @@ def test_worker_killed_mid_send_then_restarted(
         started = time.monotonic()
         with workers(env.home, tmp_path / "logs") as pool:
             for phase, nth, paths in KILLS[mode]:
-                if phase == "time":
-                    target = proxy.counts["writes_applied"] + nth
-                    proc = pool.start()
-                    assert proxy.wait_writes(target, 60), pool.output()
-                else:
-                    proxy.arm(phase, nth, paths)
-                    proc = pool.start()
-                    assert proxy.paused.wait(60), (phase, nth, paths, pool.output())
-                pool.kill(proc)
-                assert proc.wait(timeout=10) == -signal.SIGKILL
-                proxy.release()
+                pool.kill_at(proxy, phase, nth, paths)
                 counts = store_counts(env)
                 kills.append(f"{phase}:{'|'.join(paths) or 'any'}#{nth}"
                              f"(at={time.monotonic() - started:.1f}s,"

@@ -22,16 +22,7 @@ from werkzeug.serving import make_server
 from connector.cli import main
 from connector.ehr_sandbox import free_port
 from tests.integration.conftest import DATA, SOURCE, Env
-from tests.webapp_support import (
-    PASSWORDS,
-    Home,
-    add_users,
-    cheap_hashes,
-    csrf_token,
-    job_id,
-    logged_in,
-    make_app,
-)
+from tests.webapp_support import PASSWORDS, Home, csrf_token, document_form, job_id, logged_in
 
 pytestmark = pytest.mark.integration
 
@@ -159,30 +150,11 @@ def scan(texts: list[tuple[str, str]]) -> list[str]:
     return hits
 
 
-@pytest.fixture
-def home(env: Env, monkeypatch: pytest.MonkeyPatch) -> Home:
-    cheap_hashes(monkeypatch)
-    h = Home(env.home, env.home / "peersync.toml", env.base_url)
-    add_users(h)
-    return h
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home, SYNC_ON_ACTION=True)
-    yield application
-    close_app(application)
-
-
 def _web_flows(app: Flask, home: Home) -> None:
     """Log in, document a note, search the EHR for a participant, filter records, open a
     record and the audit log: what an admin and a specialist do in a day."""
     alex = logged_in(app, "specialist")
-    html = alex.get("/document/").get_data(as_text=True)
-    form = {name: re.search(rf'name="{name}" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
-            for name in ("csrf_token", "started")}
+    form = document_form(alex)
     note = "Met Dana at the library to work on the housing application."
     alex.post("/document/", data={
         **form, "participant.id": "P-1001", "participant.mrn": "MRN-55821",

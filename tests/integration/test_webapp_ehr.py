@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,34 +10,9 @@ import requests
 from flask import Flask
 
 from tests.integration.conftest import ENC_SYSTEM, MRN_SYSTEM, Env
-from tests.webapp_support import (
-    Home,
-    add_users,
-    cheap_hashes,
-    csrf_token,
-    job_id,
-    logged_in,
-    make_app,
-)
+from tests.webapp_support import Home, csrf_token, document_form, job_id, logged_in
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def home(env: Env, monkeypatch: pytest.MonkeyPatch) -> Home:
-    cheap_hashes(monkeypatch)
-    h = Home(env.home, env.home / "peersync.toml", env.base_url)
-    add_users(h)
-    return h
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home, SYNC_ON_ACTION=True)
-    yield application
-    close_app(application)
 
 
 def _state(home: Home, record_id: str) -> str:
@@ -52,9 +26,7 @@ def _state(home: Home, record_id: str) -> str:
 
 def test_a_documented_encounter_reaches_the_ehr(app: Flask, env: Env) -> None:
     alex = logged_in(app, "specialist")
-    html = alex.get("/document/").get_data(as_text=True)
-    form = {name: re.search(rf'name="{name}" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
-            for name in ("csrf_token", "started")}
+    form = document_form(alex)
     response = alex.post("/document/", data={
         **form, "participant.id": "P-1001", "participant.mrn": "MRN-55821",
         "date": "2026-11-23", "start_time": "09:00", "end_time": "09:30",

@@ -19,15 +19,7 @@ from connector.fhir_client import FhirClient
 from mappings.profile import default_profile_path, load_profile
 from tests.emulators import EhrEmulator, seed_encounters, seed_practitioners
 from tests.integration.conftest import DATA, Env
-from tests.webapp_support import (
-    Home,
-    add_users,
-    cheap_hashes,
-    csrf_token,
-    job_id,
-    logged_in,
-    make_app,
-)
+from tests.webapp_support import Home, csrf_token, job_id, logged_in
 
 pytestmark = pytest.mark.integration
 
@@ -56,23 +48,6 @@ def env(epic: EhrEmulator, tmp_path: Path, database_url: str,
         monkeypatch: pytest.MonkeyPatch) -> Env:
     return Env(tmp_path / "home", epic.base_url, database_url, monkeypatch,
                init_args=("--preset", "epic"))
-
-
-@pytest.fixture
-def home(env: Env, monkeypatch: pytest.MonkeyPatch) -> Home:
-    cheap_hashes(monkeypatch)
-    h = Home(env.home, env.home / "peersync.toml", env.base_url)
-    add_users(h)
-    return h
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home, SYNC_ON_ACTION=True)
-    yield application
-    close_app(application)
 
 
 def _patient(upstream: str, mrn: str) -> str:

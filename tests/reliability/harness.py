@@ -376,17 +376,7 @@ def run_kills(cell: Cell, n: int, workdir: Path, monkeypatch: pytest.MonkeyPatch
         started = time.monotonic()
         with worker_pool(st) as pool:
             for phase, nth, paths in cell.kills:
-                if phase == "time":
-                    target = proxy.counts["writes_applied"] + nth
-                    proc = pool.start()
-                    assert proxy.wait_writes(target, 60), pool.output()
-                else:
-                    proxy.arm(phase, nth, paths)
-                    proc = pool.start()
-                    assert proxy.paused.wait(60), (phase, nth, paths, pool.output())
-                pool.kill(proc)
-                assert proc.wait(timeout=10) == -signal.SIGKILL
-                proxy.release()
+                pool.kill_at(proxy, phase, nth, paths)
                 kills.append(f"{phase}:{'|'.join(paths) or 'any'}#{nth}")
             assert store_counts(st.env)["synced"] < n, "the kills came too late"  # type: ignore
             final = pool.start()

@@ -15,12 +15,7 @@ import connector.serve
 from connector.cli import main
 from connector.config import WebConfig, load_config, parse_web
 from connector.errors import ConfigError
-from tests.webapp_support import PASSWORDS, Home, csrf_token, make_app, make_home
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    return make_home(tmp_path, monkeypatch)
+from tests.webapp_support import PASSWORDS, Home, csrf_token, make_app
 
 
 @pytest.fixture

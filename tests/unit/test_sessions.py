@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,14 +14,9 @@ from sqlalchemy import inspect, select
 
 from connector.accounts import set_active
 from connector.schema import users, web_sessions
-from tests.webapp_support import Home, csrf_token, logged_in, make_app, make_home
+from tests.webapp_support import Home, csrf_token, logged_in, make_app
 
 COOKIE = "peersync_session"
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    return make_home(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,21 +11,7 @@ from flask import Flask
 from connector.accounts import add_token, revoke_token
 from connector.states import JobState
 from tests.conftest import example_dict
-from tests.webapp_support import Home, import_examples, make_app, make_home
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    return make_home(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home)
-    yield application
-    close_app(application)
+from tests.webapp_support import Home, import_examples
 
 
 @pytest.fixture

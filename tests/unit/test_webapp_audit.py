@@ -11,9 +11,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -21,25 +19,15 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from connector.cli import main
-from tests.webapp_support import Home, import_examples, logged_in, make_app, make_home
+from tests.webapp_support import Home, import_examples, logged_in, make_app
 
 SEQ = re.compile(r"<tr>\s*<td>(\d+)</td>")
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    h = make_home(tmp_path, monkeypatch)
-    import_examples(h, "batch.jsonl", "in-person-session.json", "part2-without-consent.json")
-    return h
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home)
-    yield application
-    close_app(application)
+def home(home: Home) -> Home:
+    import_examples(home, "batch.jsonl", "in-person-session.json", "part2-without-consent.json")
+    return home
 
 
 def page_seqs(client: FlaskClient, query: str) -> list[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -17,13 +16,7 @@ from tests.webapp_support import (
     log_in,
     logged_in,
     make_app,
-    make_home,
 )
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    return make_home(tmp_path, monkeypatch)
 
 
 @pytest.fixture

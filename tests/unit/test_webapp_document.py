@@ -3,54 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 
-from tests.webapp_support import Home, logged_in, make_app, make_home
+from tests.webapp_support import DOCUMENT_FORM as GOOD
+from tests.webapp_support import Home, document_form, logged_in
 from webapp import WEB_SOURCE
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    return make_home(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home)
-    yield application
-    close_app(application)
-
-
-def _form(client: FlaskClient) -> dict[str, str]:
-    html = client.get("/document/").get_data(as_text=True)
-    return {
-        "csrf_token": re.search(r'name="csrf_token" value="([^"]+)"', html).group(1),  # type: ignore[union-attr]
-        "started": re.search(r'name="started" value="([^"]+)"', html).group(1),  # type: ignore[union-attr]
-    }
-
-
-GOOD = {
-    "participant.id": "P-2001",
-    "participant.mrn": "MRN-55821",
-    "participant.given": "Dana",
-    "participant.family": "Lopez",
-    "date": "2026-11-23",
-    "start_time": "10:00",
-    "end_time": "10:45",
-    "status": "completed",
-    "service.modality": "video",
-    "goals": "housing, wellness",
-    "note.text": "Talked through the lease renewal.\nNext: call the landlord together.",
-}
 
 
 def _records(home: Home) -> list[Any]:
@@ -72,7 +32,7 @@ def test_a_specialist_documents_an_encounter(app: Flask, home: Home) -> None:
     alex = logged_in(app, "specialist")
     page = alex.get("/document/").get_data(as_text=True)
     assert "You document as staff id <b>S-17</b>" in page and 'name="started"' in page
-    response = alex.post("/document/", data={**_form(alex), **GOOD,
+    response = alex.post("/document/", data={**document_form(alex), **GOOD,
                                              "specialist.id": "S-22"})  # ignored
     assert response.status_code == 302 and response.headers["Location"].startswith("/records/")
     [record] = _records(home)
@@ -95,7 +55,7 @@ def test_documentation_time_runs_from_the_signed_start_not_the_browser(
     from webapp.document import SALT
 
     alex = logged_in(app, "specialist")
-    form = _form(alex)
+    form = document_form(alex)
     user_id = URLSafeTimedSerializer(app.config["SECRET_KEY"], salt=SALT).loads(
         form["started"])["u"]
     opened = (datetime.now(UTC) - timedelta(minutes=9)).isoformat()
@@ -112,13 +72,13 @@ def test_documentation_time_runs_from_the_signed_start_not_the_browser(
 
 def test_a_forged_or_foreign_start_is_refused(app: Flask, home: Home) -> None:
     alex = logged_in(app, "specialist")
-    form = _form(alex)
+    form = document_form(alex)
     response = alex.post("/document/", data={**form, **GOOD, "started": form["started"] + "x"})
     assert response.status_code == 400
     html = response.get_data(as_text=True)
     assert "start time is not valid" in html and "Talked through the lease" in html  # kept
     priya = logged_in(app, "priya")
-    response = priya.post("/document/", data={**_form(priya), **GOOD,
+    response = priya.post("/document/", data={**document_form(priya), **GOOD,
                                               "started": form["started"]})  # alex's
     assert response.status_code == 400
     assert _records(home) == []
@@ -127,7 +87,7 @@ def test_a_forged_or_foreign_start_is_refused(app: Flask, home: Home) -> None:
 def test_an_expired_start_keeps_the_text_and_restarts_the_clock(app: Flask) -> None:
     app.config["DOCUMENT_FORM_MAX_AGE_S"] = -1
     alex = logged_in(app, "specialist")
-    form = _form(alex)
+    form = document_form(alex)
     response = alex.post("/document/", data={**form, **GOOD})
     html = response.get_data(as_text=True)
     assert response.status_code == 400 and "open too long" in html
@@ -138,7 +98,7 @@ def test_an_expired_start_keeps_the_text_and_restarts_the_clock(app: Flask) -> N
 
 def test_errors_are_shown_next_to_their_fields(app: Flask, home: Home) -> None:
     alex = logged_in(app, "specialist")
-    form = _form(alex)
+    form = document_form(alex)
     bad = {**GOOD, "participant.id": "", "end_time": "09:00", "participant.birth_date":
            "1988-02-30", "specialist.npi": "1234567890", "service.group_size": "x"}
     response = alex.post("/document/", data={**form, **bad})
@@ -160,7 +120,7 @@ def test_errors_are_shown_next_to_their_fields(app: Flask, home: Home) -> None:
 
 def test_submitting_the_same_form_twice_stores_one_record(app: Flask, home: Home) -> None:
     alex = logged_in(app, "specialist")
-    form = _form(alex)
+    form = document_form(alex)
     first = alex.post("/document/", data={**form, **GOOD})
     second = alex.post("/document/", data={**form, **GOOD, "note.text": "changed"})
     assert second.headers["Location"] == first.headers["Location"]

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 
 import pytest
 from flask import Flask
 
 from connector.accounts import add_token
 from tests.conftest import example_dict
-from tests.webapp_support import Home, import_examples, logged_in, make_app, make_home
+from tests.webapp_support import Home, import_examples, logged_in
 from webapp import params
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    return make_home(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home)
-    yield application
-    close_app(application)
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -23,24 +21,13 @@ from tests.webapp_support import (
     job_id,
     logged_in,
     make_app,
-    make_home,
 )
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    h = make_home(tmp_path, monkeypatch)
-    import_examples(h, "batch.jsonl", "in-person-session.json", "part2-without-consent.json")
-    return h
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home)
-    yield application
-    close_app(application)
+def home(home: Home) -> Home:
+    import_examples(home, "batch.jsonl", "in-person-session.json", "part2-without-consent.json")
+    return home
 
 
 def _fail(home: Home, record_id: str, *, reason: str, outcome_text: str) -> int:

@@ -6,8 +6,6 @@ error answer from `responses`; the real path is tests/integration/test_webapp_pr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ import responses
 from flask import Flask
 
 from connector.states import JobState
-from tests.webapp_support import Home, csrf_token, import_examples, logged_in, make_app, make_home
+from tests.webapp_support import Home, csrf_token, import_examples, logged_in, make_app
 
 RESOURCE_TYPES = ("Patient", "Practitioner", "Encounter", "DocumentReference", "Provenance",
                   "Organization", "Device")
@@ -23,19 +21,9 @@ HELD = "ps-2026-000123"  # P-1001, in-person-session.json
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    h = make_home(tmp_path, monkeypatch)
-    import_examples(h, "in-person-session.json", "batch.jsonl")
-    return h
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home)
-    yield application
-    close_app(application)
+def home(home: Home) -> Home:
+    import_examples(home, "in-person-session.json", "batch.jsonl")
+    return home
 
 
 def _set_preset(home: Home, name: str) -> None:

@@ -8,15 +8,13 @@ browser POST without a CSRF token gets 400.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 
 from connector.accounts import add_token
-from tests.webapp_support import Home, import_examples, job_id, logged_in, make_app, make_home
+from tests.webapp_support import Home, import_examples, job_id, logged_in, make_app
 from webapp.access import PUBLIC, Bearer, access_of
 
 ROLES = ("admin", "specialist", "auditor")
@@ -24,19 +22,9 @@ SKIP_METHODS = {"HEAD", "OPTIONS"}
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
-    h = make_home(tmp_path, monkeypatch)
-    import_examples(h, "batch.jsonl")
-    return h
-
-
-@pytest.fixture
-def app(home: Home) -> Iterator[Flask]:
-    from webapp import close_app
-
-    application = make_app(home)
-    yield application
-    close_app(application)
+def home(home: Home) -> Home:
+    import_examples(home, "batch.jsonl")
+    return home
 
 
 def _url(app: Flask, rule: Any, home: Home) -> str:
