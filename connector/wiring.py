@@ -35,8 +35,9 @@ def make_client(config: Config, plan: WritePlan, profile: Profile, *,
         # SMART scopes derived from the write plan: only what is written or read
         default_scope=plan.smart_scopes(create_patients=profile.create_patients),
     )
+    # one keep-alive connection per request in flight (the sync sends max_in_flight at once)
     return FhirClient(base_url=config.ehr.base_url, timeout_s=timeout, auth=auth,
-                      ca_file=ca_file)
+                      ca_file=ca_file, pool_maxsize=max(10, config.ehr.max_in_flight))
 
 
 @dataclass

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from connector.errors import ConnectorError, EhrConflict, EhrError, EhrOutcomeUnknown, EhrRejected
 from connector.fhir_client import entry_results
+from connector.sync.concurrency import Counter, chunk_groups, group_runs, run_all
 from connector.sync.model import Plan, SyncContext, SyncSummary, Write
 from connector.sync.outcomes import Outcomes
 from connector.writeplan import STAGES, WritePlan
@@ -124,7 +126,17 @@ class StagedSender(Sender):
 
     Batch entries cannot reference each other, and single requests even less,
     so each stage waits for the ids the previous one produced.
+
+    Within a stage the requests go concurrently, ``[ehr] max_in_flight`` at once
+    (:mod:`.concurrency`): one record's writes one after another in plan order,
+    different records side by side. Every intent is in the ledger before the
+    stage's first request; the confirmations follow once all of them have ended.
     """
+
+    def __init__(self, ctx: SyncContext, outcomes: Outcomes) -> None:
+        super().__init__(ctx, outcomes)
+        self.max_in_flight = ctx.config.ehr.max_in_flight
+        self.counter = Counter()
 
     def send(self, plans: list[Plan], summary: SyncSummary) -> None:
         store = self.ctx.store
@@ -144,10 +156,12 @@ class StagedSender(Sender):
                     before = write.if_match if write.ehr_id else \
                         (prior.ehr_version if prior else None)
                     self.out.confirm(conn, plan, write, write.ehr_id, before, state="sent")
+            # the requests go concurrently (max_in_flight), each record's in plan order;
+            # the confirmations below are written here, once every request has ended
             if self.ctx.plan.mode == "batch":
                 outcomes = self._send_batch(items, summary)
             else:
-                outcomes = [self._send_one(write, summary) for _, write in items]
+                outcomes = self._send_single(items, summary)
             failed: dict[int, ConnectorError] = {}
             with store.begin() as conn:
                 for (plan, write), outcome in zip(items, outcomes, strict=True):
@@ -166,9 +180,20 @@ class StagedSender(Sender):
                 self.out.synced(conn, plan, [f"{w.resource_type}/{w.ehr_id}"
                                              for w in plan.writes], summary)
 
+    def _send_single(self, items: list[tuple[Plan, Write]], summary: SyncSummary
+                     ) -> list[Result]:
+        """One request per write: a task per record (its writes in order), tasks in parallel."""
+        groups = group_runs([plan.job.id for plan, _ in items])
+
+        def task(indexes: list[int]) -> list[Result]:
+            return [self._send_one(items[i][1], summary) for i in indexes]
+
+        results = run_all([partial(task, group) for group in groups], self.max_in_flight)
+        return _in_item_order(len(items), groups, results)
+
     def _send_one(self, write: Write, summary: SyncSummary) -> Result:
         client, plan = self.ctx.client, self.ctx.plan
-        summary.requests += 1
+        self.counter.add(summary, "requests")
         try:
             if write.resource_type == "Provenance":
                 result = client.create(write.resource)
@@ -193,35 +218,59 @@ class StagedSender(Sender):
         return result.id, result.version_id
 
     def _send_batch(self, items: list[tuple[Plan, Write]], summary: SyncSummary) -> list[Result]:
-        outcomes: list[Result] = []
+        """Batch Bundles of whole records (a record's writes never span two bundles, so
+        they cannot overtake each other), up to max_in_flight bundles at once."""
         size = self.ctx.config.ehr.max_bundle_entries
-        for start in range(0, len(items), size):
-            chunk = [write for _, write in items[start:start + size]]
-            for write in chunk:
-                if write.ehr_id:
-                    write.resource["id"] = write.ehr_id
-            summary.bundles += 1
-            summary.requests += 1
-            try:
-                response = self.ctx.client.batch(bundle_for(chunk, self.ctx.plan, kind="batch"))
-                results = entry_results(response)
-                if len(results) != len(chunk):
-                    raise EhrOutcomeUnknown(
-                        f"batch response has {len(results)} entries for {len(chunk)} sent",
-                        method="POST", url=self.ctx.client.base_url)
-            except ConnectorError as exc:
-                outcomes.extend(exc for _ in chunk)
+        in_flight = self.max_in_flight
+        groups = group_runs([plan.job.id for plan, _ in items])
+        if in_flight <= 1 or any(len(group) > size for group in groups):
+            # one bundle after another, cut where the size says (as before)
+            chunks = [list(range(start, min(start + size, len(items))))
+                      for start in range(0, len(items), size)]
+            in_flight = 1
+        else:
+            chunks = chunk_groups(groups, size)
+        for _, write in items:
+            if write.ehr_id:
+                write.resource["id"] = write.ehr_id
+        results = run_all([partial(self._send_chunk, [items[i][1] for i in chunk], summary)
+                           for chunk in chunks], in_flight)
+        return _in_item_order(len(items), chunks, results)
+
+    def _send_chunk(self, chunk: list[Write], summary: SyncSummary) -> list[Result]:
+        self.counter.add(summary, "bundles")
+        self.counter.add(summary, "requests")
+        try:
+            response = self.ctx.client.batch(bundle_for(chunk, self.ctx.plan, kind="batch"))
+            results = entry_results(response)
+            if len(results) != len(chunk):
+                raise EhrOutcomeUnknown(
+                    f"batch response has {len(results)} entries for {len(chunk)} sent",
+                    method="POST", url=self.ctx.client.base_url)
+        except ConnectorError as exc:
+            return [exc for _ in chunk]
+        outcomes: list[Result] = []
+        for write, result in zip(chunk, results, strict=True):
+            if result.ok:
+                outcomes.append((result.id, result.version_id))
                 continue
-            for write, result in zip(chunk, results, strict=True):
-                if result.ok:
-                    outcomes.append((result.id, result.version_id))
-                    continue
-                error = entry_error(result, write, self.ctx)
-                if isinstance(error, EhrConflict) and self.refresh(write, error):
-                    outcomes.append(self._send_one(write, summary))  # once, alone
-                else:
-                    outcomes.append(error)
+            error = entry_error(result, write, self.ctx)
+            if isinstance(error, EhrConflict) and self.refresh(write, error):
+                outcomes.append(self._send_one(write, summary))  # once, alone
+            else:
+                outcomes.append(error)
         return outcomes
+
+
+def _in_item_order(count: int, groups: list[list[int]], results: list[list[Result]]
+                   ) -> list[Result]:
+    """Per-group results put back at their items' places."""
+    ordered: list[Result | None] = [None] * count
+    for group, group_results in zip(groups, results, strict=True):
+        for index, result in zip(group, group_results, strict=True):
+            ordered[index] = result
+    assert all(result is not None for result in ordered)
+    return [result for result in ordered if result is not None]
 
 
 def sender_for(ctx: SyncContext, outcomes: Outcomes) -> Sender:

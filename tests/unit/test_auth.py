@@ -509,3 +509,34 @@ def test_default_scope_can_be_given_by_the_caller(
     auth.access_token()
     assert form_of(rsps.calls[0])["scope"].startswith("system/Patient.crs ")
     auth.close()
+
+
+def test_concurrent_401s_reauthenticate_once_not_once_per_request(
+    rsps: responses.RequestsMock, rsa_key: tuple[Path, Any]
+) -> None:
+    """`[ehr] max_in_flight` requests share one auth: a token the EHR stopped taking is
+    renewed once (under the auth's lock), and every request is replayed with the new one."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    issued = token_server(rsps)
+
+    def ehr(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        time.sleep(0.02)  # keep the requests with the old token in flight together
+        if request.headers.get("Authorization") == "Bearer tok-1":
+            return 401, {}, json.dumps({"resourceType": "OperationOutcome", "issue": []})
+        return 200, {}, json.dumps({"resourceType": "Patient", "id": "p1"})
+
+    rsps.add_callback(responses.GET, f"{BASE}/Patient/p1", callback=ehr)
+    auth = build_auth(smart_cfg(rsa_key[0], token_url=TOKEN_URL), base_url=BASE)
+    with FhirClient(base_url=BASE, auth=auth, pool_maxsize=8) as client:
+        client.auth.access_token()  # type: ignore[union-attr]
+        start = threading.Barrier(8)
+
+        def read(_: int) -> str:
+            start.wait(timeout=5)
+            return str(client.read("Patient", "p1")["id"])
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert list(pool.map(read, range(8))) == ["p1"] * 8
+    assert issued == ["tok-1", "tok-2"]  # one re-authentication for the 8 refused requests

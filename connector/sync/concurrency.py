@@ -1,0 +1,69 @@
+"""Requests in flight: run a stage's sends concurrently, each task's own writes in order.
+
+A task is one record's writes of one stage (single mode) or one batch Bundle
+holding whole records (batch mode); it runs its requests one after another, and
+tasks run side by side, at most ``max_in_flight`` at once. The caller waits for
+every task (the stage barrier) and gets the results in task order, so the
+ledger's confirmations are written by the caller's thread alone, in one
+transaction, as before. Tasks must not touch the store: its connections are
+not shared across threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def run_all(tasks: Sequence[Callable[[], T]], max_in_flight: int) -> list[T]:
+    """Every task's result, in task order. With one task or ``max_in_flight`` 1: inline.
+
+    An exception a task raises (not a ConnectorError: those are results) is raised
+    here once every task has finished.
+    """
+    if max_in_flight <= 1 or len(tasks) <= 1:
+        return [task() for task in tasks]
+    workers = min(max_in_flight, len(tasks))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ehr-send") as pool:
+        futures = [pool.submit(task) for task in tasks]
+        # leaving the block waits for all of them: no write is still going when the
+        # caller records the stage's confirmations
+    return [future.result() for future in futures]
+
+
+class Counter:
+    """Adds to a summary's counters from several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, target: object, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(target, name, getattr(target, name) + amount)
+
+
+def group_runs(keys: Sequence[int]) -> list[list[int]]:
+    """Indexes grouped by key, groups in order of first appearance, indexes in order."""
+    groups: dict[int, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def chunk_groups(groups: Sequence[list[int]], size: int) -> list[list[int]]:
+    """Groups packed into chunks of at most ``size`` indexes, never splitting a group
+    (a group larger than ``size`` gets a chunk of its own)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for group in groups:
+        if current and len(current) + len(group) > size:
+            chunks.append(current)
+            current = []
+        current.extend(group)
+    if current:
+        chunks.append(current)
+    return chunks
