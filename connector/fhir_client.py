@@ -472,8 +472,13 @@ def new_session(
     ca_file: str | None = None,
     user_agent: str = DEFAULT_USER_AGENT,
     connect_retries: int = 2,
+    pool_maxsize: int = 10,
 ) -> requests.Session:
     """A session whose adapter retries connect errors only (never reads, statuses or others).
+
+    ``pool_maxsize``: keep-alive connections kept per host, at least the requests a
+    worker has in flight at once (``[ehr] max_in_flight``), so none is dropped and
+    re-opened under concurrency.
 
     ``read=False`` rather than ``read=0``: with 0, urllib3 wraps a read timeout in
     MaxRetryError and requests reports a ConnectionError; False re-raises it as is.
@@ -492,7 +497,7 @@ def new_session(
         raise_on_status=False,
         respect_retry_after_header=False,
     )
-    adapter = HTTPAdapter(max_retries=retry)
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=max(1, pool_maxsize))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = user_agent
@@ -507,6 +512,10 @@ _Ids = tuple[str | None, str | None, str | None]
 
 class FhirClient:
     """A FHIR R4 client for one EHR base URL. Not for sharing across processes.
+
+    Shared by the threads of one worker (the sync's requests in flight): the
+    session's connection pool holds ``pool_maxsize`` connections, and the OAuth
+    auths of :mod:`connector.auth` renew their token under a lock.
 
     Raises only :class:`~connector.errors.EhrError` subclasses for EHR trouble
     (and ConfigError for a bad base URL / CA file); see :mod:`connector.errors`.
@@ -525,6 +534,7 @@ class FhirClient:
         user_agent: str = DEFAULT_USER_AGENT,
         connect_timeout_s: float | None = None,
         connect_retries: int = 2,
+        pool_maxsize: int = 10,
     ) -> None:
         self.base_url = check_ehr_url(base_url)
         if timeout_s <= 0:
@@ -538,9 +548,12 @@ class FhirClient:
         self.auth = auth
         self.user_agent = user_agent
         self.on_exchange = on_exchange
+        # called before every request, e.g. the shared rate limit (connector.ratelimit.install)
+        self.before_request: Callable[[], None] | None = None
         self._owns_session = session is None
         self.session = session or new_session(
-            ca_file=ca_file, user_agent=user_agent, connect_retries=connect_retries
+            ca_file=ca_file, user_agent=user_agent, connect_retries=connect_retries,
+            pool_maxsize=pool_maxsize,
         )
         if ca_file:
             self.session.verify = ca_file
@@ -756,6 +769,8 @@ class FhirClient:
         body: dict[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> T:
+        if self.before_request is not None:
+            self.before_request()  # may wait; raises (nothing sent) when it will not let it go
         started = time.perf_counter()
         status: int | None = None
         ids: _Ids = (resource_type, None, None)

@@ -254,3 +254,16 @@ web_sessions = Table(
 )
 Index("ix_web_sessions_user_id", web_sessions.c.user_id)
 Index("ix_web_sessions_last_seen", web_sessions.c.last_seen)
+
+# -- the EHR's rate limit (connector.ratelimit) --------------------------------
+# One token bucket per EHR base URL, shared by every worker: ``[ehr]
+# max_requests_per_minute``. A worker takes a few tokens at a time in one
+# conditional UPDATE (refill, check and take together); times are Unix seconds so
+# that the refill is plain arithmetic on SQLite and PostgreSQL alike.
+ehr_rate_limit = Table(
+    "ehr_rate_limit",
+    metadata,
+    Column("key", String(200), primary_key=True),  # the EHR base URL (or its SHA-256)
+    Column("tokens", Float, nullable=False),  # left after the last take, as of refilled_at
+    Column("refilled_at", Float, nullable=False),  # Unix time of the last take (never goes back)
+)

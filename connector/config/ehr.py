@@ -19,6 +19,7 @@ from connector.errors import ConfigError
 
 MODES = ("transaction", "batch", "single", "auto")
 NOTE_FORMATS = ("text/plain", "application/xhtml+xml")
+MAX_REQUESTS_PER_MINUTE = 1_000_000
 AUTH_TYPES = ("none", "basic", "bearer", "client_secret", "smart")
 AUTH_KEYS = {
     "none": set(),
@@ -45,10 +46,14 @@ class EhrConfig:
     mode: str = "transaction"
     conditional: bool = True
     max_bundle_entries: int = 50
+    # requests (or batch bundles) in flight at once per worker in batch and single modes
+    max_in_flight: int = 8
     note_content_type: str = "text/plain"
     create_encounters: bool = True
     timeout_s: float = 30.0
     ca_file: str = ""
+    # requests a minute to this EHR from every worker sharing the store (connector.ratelimit)
+    max_requests_per_minute: int = 0  # 0: no limit
     auth: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
     # the capability keys set in the file: they override the preset's values
     explicit: frozenset[str] = frozenset()
@@ -118,10 +123,12 @@ def parse_ehr(table: dict[str, Any], path: Path, environ: Mapping[str, str]) -> 
             "mode": str,
             "conditional": bool,
             "max_bundle_entries": int,
+            "max_in_flight": int,
             "note_content_type": str,
             "create_encounters": bool,
             "timeout_s": (int, float),
             "ca_file": str,
+            "max_requests_per_minute": int,
         },
         {
             "preset": "generic",
@@ -129,10 +136,12 @@ def parse_ehr(table: dict[str, Any], path: Path, environ: Mapping[str, str]) -> 
             "mode": "transaction",
             "conditional": True,
             "max_bundle_entries": 50,
+            "max_in_flight": 8,
             "note_content_type": "text/plain",
             "create_encounters": True,
             "timeout_s": 30.0,
             "ca_file": "",
+            "max_requests_per_minute": 0,
         },
     )
     from_env = environ.get("PEERSYNC_EHR_URL")
@@ -164,9 +173,15 @@ def parse_ehr(table: dict[str, Any], path: Path, environ: Mapping[str, str]) -> 
         raise _fail(path, "ehr.note_content_type", f"must be one of {', '.join(NOTE_FORMATS)}")
     if not 3 <= ehr["max_bundle_entries"] <= 1000:
         raise _fail(path, "ehr.max_bundle_entries", "must be between 3 and 1000")
+    if not 1 <= ehr["max_in_flight"] <= 64:
+        raise _fail(path, "ehr.max_in_flight", "must be between 1 and 64")
     if not 0 < float(ehr["timeout_s"]) <= 600:
         raise _fail(path, "ehr.timeout_s", "must be between 0 and 600 seconds")
     ehr["timeout_s"] = float(ehr["timeout_s"])
+    if not 0 <= ehr["max_requests_per_minute"] <= MAX_REQUESTS_PER_MINUTE:
+        raise _fail(path, "ehr.max_requests_per_minute",
+                    f"must be 0 (no limit) or a number of requests up to "
+                    f"{MAX_REQUESTS_PER_MINUTE}")
     if ehr["ca_file"] and not _rel(path, ehr["ca_file"]).exists():
         raise _fail(path, "ehr.ca_file", "file not found")
     if not isinstance(auth_raw, dict):

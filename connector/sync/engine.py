@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from connector import gate
+from connector import gate, ratelimit
 from connector.config import Config
 from connector.errors import ConnectorError
 from connector.fhir_client import FhirClient
@@ -87,6 +87,8 @@ class SyncEngine:
         self.sender = sender_for(self.ctx, self.outcomes)
         # The EHR gate (connector.gate) as this worker last found it closed: until when.
         self.gate_closed_until: datetime | None = None
+        # [ehr] max_requests_per_minute: a token from the shared bucket before every request
+        self.limiter = ratelimit.install(client, store, config.ehr.max_requests_per_minute)
         hooks = getattr(getattr(client, "session", None), "hooks", None)
         if isinstance(hooks, dict):
             hooks.setdefault("response", []).append(self._heard_from_ehr)
@@ -112,6 +114,8 @@ class SyncEngine:
         ``include_waiting``: also re-resolve the waiting records (once in this run).
         """
         max_wait = self.config.sync.max_wait_s if max_wait_s is None else max_wait_s
+        if self.limiter is not None:
+            self.limiter.stop = stop  # stopping ends a wait for a token
         summary = SyncSummary()
         run_id = uuid.uuid4().hex
         self.refs.reset()
@@ -146,6 +150,12 @@ class SyncEngine:
         # Provenance, one retraction); bundles are packed by real entry count.
         return max(1, self.config.ehr.max_bundle_entries // 3)
 
+    def claim_size(self) -> int:
+        """Records per claim: one bundle's worth, times the requests in flight in the staged
+        modes (their sender keeps ``max_in_flight`` requests or batch bundles going)."""
+        in_flight = self.config.ehr.max_in_flight if self.plan.staged else 1
+        return self.records_per_bundle() * in_flight
+
     def run_once(self, run_id: str, summary: SyncSummary, *, include_waiting: bool = True) -> int:
         admission = gate.admit(self.store, worker=self.worker, now=self.clock(),
                                cfg=self.config.sync)
@@ -154,7 +164,7 @@ class SyncEngine:
             return 0
         probe = admission.kind == "probe"
         jobs = self.store.claim(
-            worker=self.worker, run_id=run_id, limit=1 if probe else self.records_per_bundle(),
+            worker=self.worker, run_id=run_id, limit=1 if probe else self.claim_size(),
             lease_s=self.config.sync.lease_s, include_waiting=include_waiting and not probe,
             now=self.clock(),
         )
@@ -296,6 +306,8 @@ class SyncEngine:
 
     def _pack(self, plans: list[Plan]) -> Iterator[list[Plan]]:
         limit = self.config.ehr.max_bundle_entries
+        if self.plan.staged:  # the staged sender cuts its own bundles, per stage
+            limit *= self.config.ehr.max_in_flight
         bundle: list[Plan] = []
         size = 0
         for plan in plans:
