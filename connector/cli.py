@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import click
 
@@ -26,6 +26,7 @@ from connector.audit_cli import audit_group
 from connector.cli_common import EXIT_CONFIG, EXIT_FAILED, CliError, open_store, wiring
 from connector.config import CONFIG_NAME, home, valid_source
 from connector.errors import ConnectorError, EhrError
+from connector.progress import CountingReader, Progress, file_size
 from connector.states import ALL_STATES, JobState
 
 if TYPE_CHECKING:
@@ -54,15 +55,17 @@ for _command in (cli_setup.init, cli_setup.config_group, cli_setup.db, *cli_sync
     main.add_command(_command)
 
 
-def _accepted(results: Iterator[Any], counts: dict[str, int]) -> Iterator[Any]:
+def _accepted(results: Iterator[Any], counts: dict[str, int], bar: Progress) -> Iterator[Any]:
     from connector.intake import Accepted
 
     for result in results:
+        bar.advance()
         if isinstance(result, Accepted):
             counts["accepted"] += 1
             yield result.record
         else:
             counts["rejected"] += 1
+            bar.clear()
             for line in result.error.lines():
                 click.echo(line, err=True)
 
@@ -87,17 +90,28 @@ def import_(source: str | None, fmt: str | None, files: tuple[Path, ...]) -> Non
     store = open_store()
     counts = {"accepted": 0, "rejected": 0}
     new = unchanged = 0
-    for file in files:
-        if not file.exists():
-            raise CliError(f"{file}: no such file")
-        results = iter_records(file, source=source, format=fmt)
-        summary = store.add_records(_accepted(results, counts), actor=f"import:{source}")
-        new += summary.new_versions
-        unchanged += summary.unchanged
-        for refused in summary.refused:  # valid, but the database would not store it
-            counts["accepted"] -= 1
-            counts["rejected"] += 1
-            click.echo(str(refused), err=True)
+    with Progress("import") as bar:  # on a terminal only: counts, bytes read, rate, ETA
+        if bar.active:
+            bar.total_bytes = sum(file_size(file) for file in files)
+        for file in files:
+            if not file.exists():
+                raise CliError(f"{file}: no such file")
+            reader = CountingReader(file, bar) if bar.active else None
+            try:
+                source_file = file if reader is None else cast("IO[bytes]", reader)
+                results = iter_records(source_file, source=source, format=fmt)
+                summary = store.add_records(_accepted(results, counts, bar),
+                                            actor=f"import:{source}")
+            finally:
+                if reader is not None:
+                    reader.close()
+            new += summary.new_versions
+            unchanged += summary.unchanged
+            for refused in summary.refused:  # valid, but the database would not store it
+                counts["accepted"] -= 1
+                counts["rejected"] += 1
+                bar.clear()
+                click.echo(str(refused), err=True)
     click.echo(
         f"source {source}: {counts['accepted']} accepted ({new} new, {unchanged} unchanged), "
         f"{counts['rejected']} rejected"

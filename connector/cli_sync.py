@@ -11,6 +11,7 @@ import click
 
 from connector.cli_common import EXIT_FAILED, open_client, open_store, wiring
 from connector.errors import ConnectorError, EhrError
+from connector.progress import Progress
 from connector.states import ALL_STATES, WAITING_STATES, JobState
 
 if TYPE_CHECKING:
@@ -37,10 +38,15 @@ def sync(max_wait: float | None) -> None:
             f"syncing to {config.ehr.base_url} (preset {engine.plan.preset.name}, "
             f"{engine.plan.mode} mode); waiting up to {bound:.0f} s for scheduled retries"
         )
-        try:
-            summary = engine.run(max_wait_s=bound)
-        except ConnectorError as exc:
-            raise click.ClickException(f"sync stopped: {exc}") from None
+        with Progress("sync") as bar:  # on a terminal only: done of due, rate, ETA
+            progress: dict[str, Any] = {}
+            if bar.active:
+                bar.total = _due(store)
+                progress["on_progress"] = lambda so_far: bar.update(so_far.claimed)
+            try:
+                summary = engine.run(max_wait_s=bound, **progress)
+            except ConnectorError as exc:
+                raise click.ClickException(f"sync stopped: {exc}") from None
     states = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "nothing due"
     click.echo(f"{summary.claimed} record(s) processed in {summary.bundles} bundle(s): {states}")
     for line in summary.errors[:50]:
@@ -50,6 +56,13 @@ def sync(max_wait: float | None) -> None:
     ok_states = {JobState.SYNCED.value} | {s.value for s in WAITING_STATES}
     if any(state not in ok_states for state in summary.states):
         sys.exit(EXIT_FAILED)
+
+
+def _due(store: Store) -> int:
+    """What this sync will claim, as far as it can be known now: the due jobs, and the
+    waiting ones it re-resolves once (retries that fall due meanwhile add to it)."""
+    counts = store.counts_by_state()
+    return store.count_due() + sum(counts[state.value] for state in WAITING_STATES)
 
 
 def _engine(store: Store, client: FhirClient, worker: str) -> Any:
