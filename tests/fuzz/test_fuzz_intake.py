@@ -140,7 +140,7 @@ def test_csv_file(records: list[dict[str, Any]], shape: str) -> None:
         lines = text.split("\n")
         lines[2] = lines[2] + ',"' + CANARY
         text = "\n".join(lines)
-    results = _results(text.encode("utf-8", "surrogateescape"), "csv")
+    results = _results(text.encode("utf-8", "surrogatepass"), "csv")
     if shape == "ok" and all("\n" not in _cell(v) for r in records for v in r.values()):
         _check_file(records, results)
     for r in results:
