@@ -202,6 +202,9 @@ def test_a_sync_that_outlives_its_token_renews_it_without_a_401(
 ) -> None:
     env, key_file = smart_env
     count = 36
+    # one request at a time, so that the run outlasts a token on any machine (concurrent
+    # requests meeting one expired token are covered in tests/unit/test_auth.py)
+    env.configure(max_in_flight=1)
     env.run("import", "--source", SOURCE, str(_many_records(tmp_path, count)))
 
     # A little latency per EHR request, so the run outlasts a token on any machine.
