@@ -78,8 +78,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _any
 
     def read_body(self) -> bytes:
+        """The request body; a client gone before sending all of it is dropped, not served
+        (a worker killed mid-request must not reach the EHR as a truncated body)."""
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            self.close_connection = True
+            raise Abort
+        return body
 
     def answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.close_connection = True
