@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from connector import progress as progress_module
-from connector.cli import main
 from connector.progress import CountingReader, Progress
 from connector.sync.model import SyncSummary
 from tests.conftest import DATA, example_dict
@@ -114,16 +113,9 @@ def test_a_log_line_blanks_the_bar_first() -> None:
 
 # -- the commands: unchanged output off a terminal, a bar on one -----------------
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PEERSYNC_HOME", str(tmp_path))
-    monkeypatch.delenv("PEERSYNC_EHR_URL", raising=False)
-    monkeypatch.delenv("PEERSYNC_DATABASE_URL", raising=False)
-    return tmp_path
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+# the CLI tests' own PEERSYNC_HOME fixture and runner
+from tests.unit.test_cli import home as home  # noqa: E402
+from tests.unit.test_cli import run  # noqa: E402
 
 
 def _mixed(home: Path) -> Path:
