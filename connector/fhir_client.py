@@ -18,6 +18,7 @@ text never appear in them.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.client
 import json
@@ -25,6 +26,7 @@ import logging
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -550,6 +552,9 @@ class FhirClient:
         self.on_exchange = on_exchange
         # called before every request, e.g. the shared rate limit (connector.ratelimit.install)
         self.before_request: Callable[[], None] | None = None
+        # requests in flight at once from this client's threads ([ehr] max_in_flight, set
+        # by the sync engine); None: no bound
+        self.in_flight: threading.BoundedSemaphore | None = None
         self._owns_session = session is None
         self.session = session or new_session(
             ca_file=ca_file, user_agent=user_agent, connect_retries=connect_retries,
@@ -808,7 +813,7 @@ class FhirClient:
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         if extra:
             headers.update(extra)
-        with transport_errors(method, url):
+        with self.in_flight or contextlib.nullcontext(), transport_errors(method, url):
             return self.session.request(
                 method,
                 url,

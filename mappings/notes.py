@@ -36,6 +36,7 @@ from mappings.resources import (
     _require_note,
     note_identifier,
     note_version_identifier,
+    validated,
 )
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def _note_attachment(
     return attachment
 
 
-def map_document_reference(
+def document_reference_json(
     record: EncounterRecord,
     profile: Profile,
     *,
@@ -141,8 +142,8 @@ def map_document_reference(
     organization_ref: str | None = None,
     shape: NoteShape | None = None,
     contained: list[dict[str, Any]] | None = None,
-) -> DocumentReference:
-    """The US Core clinical note for one version of the record's note.
+) -> dict[str, Any]:
+    """The US Core clinical note for one version of the record's note, as validated JSON.
 
     ``status`` overrides the status (``superseded`` for a replaced version);
     otherwise a retracted record gives ``entered-in-error`` and any other
@@ -212,4 +213,10 @@ def map_document_reference(
                 "format": _MIME_TYPE_SUFFICIENT,
             }
         )
-    return DocumentReference.model_validate(data)
+    return validated(DocumentReference, data)
+
+
+def map_document_reference(record: EncounterRecord, profile: Profile, **kwargs: Any
+                           ) -> DocumentReference:
+    """The US Core clinical note (see :func:`document_reference_json`)."""
+    return DocumentReference.model_validate(document_reference_json(record, profile, **kwargs))

@@ -25,6 +25,7 @@ from fhir.resources.R4B.organization import Organization
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.provenance import Provenance
+from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -165,7 +166,18 @@ def _instant(value: datetime, what: str) -> str:
     """An aware datetime as an ISO 8601 instant, keeping its own offset."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must carry a UTC offset")
-    return value.isoformat()
+    text = value.isoformat()
+    # UTC as "Z", as the FHIR models write it: the JSON sent is the JSON validated
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def validated(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` itself, once the FHIR model accepts it (pydantic's ValidationError names
+    the elements it refuses). The mapping builds JSON already in the models' own form, so
+    what is sent is what was validated, without a second pass through the model to dump
+    it (tests/unit/test_mapping_json.py holds the two equal)."""
+    model.model_validate(data)
+    return data
 
 
 def _period(record: EncounterRecord) -> dict[str, str]:
@@ -197,15 +209,15 @@ def encounter_class(record: EncounterRecord) -> str:
     return "AMB"
 
 
-def map_encounter(
+def encounter_json(
     record: EncounterRecord,
     profile: Profile,
     *,
     patient_ref: str,
     practitioner_ref: str,
     organization_ref: str | None = None,
-) -> Encounter:
-    """The US Core Encounter of one record.
+) -> dict[str, Any]:
+    """The US Core Encounter of one record, as validated JSON.
 
     ``service.setting``, ``service.group_size`` and ``consent.id`` are kept
     locally and deliberately not sent.
@@ -244,7 +256,12 @@ def map_encounter(
         data["serviceProvider"] = _ref(organization_ref)
     if record.part2:
         data["meta"] = _part2_meta()
-    return Encounter.model_validate(data)
+    return validated(Encounter, data)
+
+
+def map_encounter(record: EncounterRecord, profile: Profile, **refs: Any) -> Encounter:
+    """The US Core Encounter of one record (see :func:`encounter_json`)."""
+    return Encounter.model_validate(encounter_json(record, profile, **refs))
 
 
 # --- Practitioner, Patient, Organization, Device ---------------------------
@@ -330,7 +347,7 @@ def map_device(profile: Profile, *, organization_ref: str | None = None) -> Devi
 # --- Provenance ------------------------------------------------------------
 
 
-def map_provenance(
+def provenance_json(
     *,
     targets: Sequence[str],
     recorded: datetime,
@@ -339,8 +356,9 @@ def map_provenance(
     organization_ref: str,
     part2: bool = False,
     activity: str | None = None,
-) -> Provenance:
-    """US Core Provenance: the specialist authored, our Device transmitted, both for the agency.
+) -> dict[str, Any]:
+    """US Core Provenance, as validated JSON: the specialist authored, our Device transmitted,
+    both for the agency.
 
     ``activity`` is a v3-DataOperation code: CREATE, UPDATE or NULLIFY (a retraction).
     """
@@ -370,4 +388,9 @@ def map_provenance(
         data["activity"] = _concept(DATA_OPERATION, activity, PROVENANCE_ACTIVITIES[activity])
     if part2:
         data["meta"] = _part2_meta()
-    return Provenance.model_validate(data)
+    return validated(Provenance, data)
+
+
+def map_provenance(**kwargs: Any) -> Provenance:
+    """US Core Provenance (see :func:`provenance_json`)."""
+    return Provenance.model_validate(provenance_json(**kwargs))

@@ -29,8 +29,8 @@ preset = {preset}               # generic | us-core-notes | epic | oracle-health
 # note_content_type = "text/plain"  # or "application/xhtml+xml"
 # create_encounters = true      # false: attach notes to the EHR's own Encounter
 max_bundle_entries = 50         # some servers refuse larger bundles
-max_in_flight = 8               # requests (or batch bundles) at once per worker, batch and
-                                # single modes (1..64); each record's writes stay in order
+max_in_flight = 8               # requests (or batch bundles) at once per worker (1..64);
+                                # each record's writes stay in order
 timeout_s = 30
 ca_file = ""                    # optional CA bundle
 max_requests_per_minute = 0     # all workers together, per rolling minute (0: no limit)

@@ -67,6 +67,25 @@ class LedgerMixin(StoreCore):
             ).first()
         return _ledger_entry(row) if row else None
 
+    def ledger_latest_many(
+        self, keys: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], LedgerEntry | None]:
+        """:meth:`ledger_latest` of each (type, system, value), in one query per 300 keys."""
+        found: dict[tuple[str, str, str], LedgerEntry | None] = dict.fromkeys(keys)
+        wanted = list(found)
+        columns = tuple_(ledger.c.resource_type, ledger.c.identifier_system,
+                         ledger.c.identifier_value)
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 300):
+                rows = conn.execute(
+                    select(ledger).where(columns.in_(wanted[start:start + 300]))
+                    .order_by(ledger.c.id)
+                )
+                for row in rows:  # oldest first: the last one seen is the latest
+                    found[(row.resource_type, row.identifier_system,
+                           row.identifier_value)] = _ledger_entry(row)
+        return found
+
     def ledger_snapshot(
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], list[LedgerEntry]]:

@@ -11,10 +11,18 @@ not shared across threads.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from connector.errors import ConnectorError
+
+if TYPE_CHECKING:
+    from connector.store import Store
+
+log = logging.getLogger("peersync.sync")
 
 T = TypeVar("T")
 
@@ -67,3 +75,28 @@ def chunk_groups(groups: Sequence[list[int]], size: int) -> list[list[int]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+class LeaseRenewal:
+    """Renews a claim's lease every ``every_s`` from its own thread, from the claim until
+    :meth:`stop` (once its sends have ended: with pipelining that is after the next
+    claim was taken)."""
+
+    def __init__(self, store: Store, job_ids: list[int], *, worker: str, lease_s: float,
+                 every_s: float) -> None:
+        self._done = threading.Event()
+
+        def renew() -> None:
+            while not self._done.wait(every_s):
+                try:
+                    store.renew_lease(job_ids, worker=worker, lease_s=lease_s)
+                except ConnectorError:
+                    log.warning("lease renewal failed for %d jobs", len(job_ids))
+
+        self._thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()

@@ -11,6 +11,11 @@ One pass of :meth:`SyncEngine.run_once`:
    earlier try left in doubt (:mod:`.recovery`);
 5. record the EHR's ids and versions in the ledger and the job's new state,
    with an audit event (:mod:`.outcomes`).
+
+:meth:`SyncEngine.run` pipelines these passes: steps 4-5 of one claim run on a
+sending thread while steps 1-3 of the next run here (the claim's look-ups made
+side by side first, :meth:`.resolve.References.prefetch`); the EHR client holds
+every request of the worker to ``[ehr] max_in_flight`` at once.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +40,7 @@ from connector.fhir_client import FhirClient
 from connector.records import EncounterRecord
 from connector.states import JobState
 from connector.store import Job, Store, utcnow
+from connector.sync.concurrency import LeaseRenewal
 from connector.sync.model import Plan, RecordLedger, Refs, SyncContext, SyncSummary, Wait
 from connector.sync.outcomes import Outcomes
 from connector.sync.planner import plan_record
@@ -57,6 +64,8 @@ def wait_rule(record: EncounterRecord, *, consent: str | None, sent_before: bool
 
 class SyncEngine:
     """Sends due jobs to the EHR. One engine per worker process."""
+
+    SENDING = 2  # claims whose requests may be in flight at once (pipelining)
 
     def __init__(
         self,
@@ -89,6 +98,13 @@ class SyncEngine:
         self.gate_closed_until: datetime | None = None
         # [ehr] max_requests_per_minute: a token from the shared bucket before every request
         self.limiter = ratelimit.install(client, store, config.ehr.max_requests_per_minute)
+        # pipelining: claims' sends go on these threads while the next claim is planned;
+        # two claims never hold versions of the same record (the claim's own rule), and
+        # every request of this worker takes one of max_in_flight places (the client's)
+        self._sends = ThreadPoolExecutor(max_workers=self.SENDING, thread_name_prefix="sync-send")
+        self._sending: deque[Future[None]] = deque()
+        if getattr(client, "in_flight", None) is None and hasattr(client, "in_flight"):
+            client.in_flight = threading.BoundedSemaphore(max(1, config.ehr.max_in_flight))
         hooks = getattr(getattr(client, "session", None), "hooks", None)
         if isinstance(hooks, dict):
             hooks.setdefault("response", []).append(self._heard_from_ehr)
@@ -97,7 +113,7 @@ class SyncEngine:
         """A response hook: any answer but 429/5xx means the EHR is up (the gate may open)."""
         status = getattr(response, "status_code", 0)
         if status and status < 500 and status != 429:
-            self.outcomes.answered = True
+            self.outcomes.heard()
 
     # -- the loop ---------------------------------------------------------
 
@@ -112,6 +128,8 @@ class SyncEngine:
         """Work until nothing is due; wait for scheduled retries up to ``max_wait_s``.
 
         ``include_waiting``: also re-resolve the waiting records (once in this run).
+        Pipelined: while one claim's requests are in flight, the next claim is taken,
+        resolved and planned (:meth:`run_once` with ``pipelined``).
         """
         max_wait = self.config.sync.max_wait_s if max_wait_s is None else max_wait_s
         if self.limiter is not None:
@@ -120,28 +138,34 @@ class SyncEngine:
         run_id = uuid.uuid4().hex
         self.refs.reset()
         waited = 0.0
-        while not (stop and stop.is_set()):
-            claimed = self.run_once(run_id, summary, include_waiting=include_waiting)
-            if on_progress and claimed:
-                on_progress(summary)
-            if claimed:
-                continue
-            due_at = self.store.next_due_at()
-            if self.gate_closed_until is not None:
-                # The EHR is unreachable: nothing is claimed before the gate's next probe.
-                due_at = max(due_at or self.gate_closed_until, self.gate_closed_until)
-            if due_at is None:
-                break
-            pause = max(0.0, (due_at - self.clock()).total_seconds())
-            if waited + pause > max_wait:
-                break
-            pause = min(pause, 1.0) if pause > 0 else 0.05
-            waited += pause
-            if stop is not None:
-                if stop.wait(pause):
+        try:
+            while not (stop and stop.is_set()):
+                claimed = self.run_once(run_id, summary, include_waiting=include_waiting,
+                                        pipelined=True)
+                if on_progress and claimed:
+                    on_progress(summary)
+                if claimed:
+                    continue
+                due_at = self.store.next_due_at()
+                if self.gate_closed_until is not None:
+                    # The EHR is unreachable: nothing is claimed before the gate's next probe.
+                    due_at = max(due_at or self.gate_closed_until, self.gate_closed_until)
+                if due_at is None:
                     break
-            else:
-                time.sleep(pause)
+                pause = max(0.0, (due_at - self.clock()).total_seconds())
+                if waited + pause > max_wait:
+                    break
+                pause = min(pause, 1.0) if pause > 0 else 0.05
+                waited += pause
+                if stop is not None:
+                    if stop.wait(pause):
+                        break
+                else:
+                    time.sleep(pause)
+        finally:
+            self.finish_sending()
+        if on_progress and summary.claimed:
+            on_progress(summary)
         summary.waited_s = waited
         return summary
 
@@ -151,86 +175,121 @@ class SyncEngine:
         return max(1, self.config.ehr.max_bundle_entries // 3)
 
     def claim_size(self) -> int:
-        """Records per claim: one bundle's worth, times the requests in flight in the staged
-        modes (their sender keeps ``max_in_flight`` requests or batch bundles going)."""
-        in_flight = self.config.ehr.max_in_flight if self.plan.staged else 1
-        return self.records_per_bundle() * in_flight
+        """Records per claim: one bundle's worth in transaction mode; in the staged modes
+        enough to keep ``max_in_flight`` requests (batch bundles, or single requests
+        four rounds deep) going. Claims stay small, so that workers share a queue: the
+        next claim is planned while this one is in flight (pipelining), not before."""
+        in_flight = self.config.ehr.max_in_flight
+        if self.plan.mode == "single":
+            return max(1, 4 * in_flight)
+        if self.plan.staged:
+            return self.records_per_bundle() * in_flight
+        return self.records_per_bundle()
 
-    def run_once(self, run_id: str, summary: SyncSummary, *, include_waiting: bool = True) -> int:
+    def run_once(self, run_id: str, summary: SyncSummary, *, include_waiting: bool = True,
+                 pipelined: bool = False) -> int:
+        """Claim due jobs, resolve and plan them, send them. Returns the number claimed.
+
+        ``pipelined``: return while this claim's requests are still in flight (at most
+        :attr:`SENDING` claims at once: a call waits for the oldest before sending its own,
+        and :meth:`finish_sending` waits for all). Otherwise every send has ended on return.
+        """
         admission = gate.admit(self.store, worker=self.worker, now=self.clock(),
                                cfg=self.config.sync)
         self.gate_closed_until = admission.until if admission.closed else None
-        if admission.closed:
-            return 0
         probe = admission.kind == "probe"
-        jobs = self.store.claim(
-            worker=self.worker, run_id=run_id, limit=1 if probe else self.claim_size(),
-            lease_s=self.config.sync.lease_s, include_waiting=include_waiting and not probe,
-            now=self.clock(),
-        )
+        if admission.closed or probe:
+            self.finish_sending()  # a probe goes alone
+            if admission.closed:
+                return 0
+        def claim() -> list[Job]:
+            return self.store.claim(
+                worker=self.worker, run_id=run_id, limit=1 if probe else self.claim_size(),
+                lease_s=self.config.sync.lease_s, include_waiting=include_waiting and not probe,
+                now=self.clock(),
+            )
+
+        jobs = claim()
+        if not jobs and self._sending:
+            # the claims in flight hold back their records' later versions: once they
+            # have ended, those may be due
+            self.finish_sending()
+            jobs = claim()
         if not jobs:
             if probe:  # nothing left to send: nothing waits on the EHR
                 gate.record_success(self.store, actor=self.worker, now=self.clock())
             return 0
         summary.claimed += len(jobs)
-        self.outcomes.answered = False
-        outages = self.outcomes.outages
-        self._work(jobs, summary)
-        if self.outcomes.answered and self.outcomes.outages == outages:
-            released = gate.record_success(self.store, actor=self.worker, now=self.clock())
-            if released:
-                log.info("the EHR answers again: %d scheduled retries released", released)
+        lease = LeaseRenewal(self.store, [job.id for job in jobs], worker=self.worker,
+                             lease_s=self.config.sync.lease_s,
+                             every_s=self.config.sync.renew_every_s)
+        mark = (self.outcomes.answers, self.outcomes.outages)
+        try:
+            plans = self._prepare_claim(jobs, summary)
+        except BaseException:
+            lease.stop()
+            raise
+        while len(self._sending) >= self.SENDING:  # the oldest claim's sends end first
+            self._sending.popleft().result()
+        self._sending.append(self._sends.submit(self._send_claim, plans, lease, mark, summary))
+        if not pipelined or probe:
+            self.finish_sending()
         return len(jobs)
 
-    def _work(self, jobs: list[Job], summary: SyncSummary) -> None:
-        with self._lease_renewal([job.id for job in jobs]):
-            records = self.store.load_records([job.record_version_id for job in jobs])
-            ledgers = self.store.ledger_snapshot([(job.source, job.record_id) for job in jobs])
-            plans: list[Plan] = []
-            for job in jobs:
-                record = records[job.record_version_id]
-                try:
-                    ledger = RecordLedger(ledgers[(job.source, job.record_id)], self.store)
-                    outcome = self._prepare(job, record, ledger)
-                except ConnectorError as exc:
-                    self.outcomes.fail(job, exc, summary)
-                    continue
-                except ValidationError as exc:
-                    # The record passed intake but FHIR refuses a value (e.g. a control
-                    # character in a name): name the elements, never the values.
-                    where = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
-                    self.outcomes.wait(job, Wait(
-                        JobState.NEEDS_ATTENTION,
-                        f"cannot be mapped to FHIR R4: {', '.join(where)[:150]}"), summary)
-                    continue
-                if isinstance(outcome, Wait):
-                    self.outcomes.wait(job, outcome, summary)
-                else:
-                    plans.append(outcome)
+    def finish_sending(self) -> None:
+        """Wait for the claims still in flight (and raise what their sending raised)."""
+        while self._sending:
+            self._sending.popleft().result()
+
+    def _send_claim(self, plans: list[Plan], lease: LeaseRenewal, mark: tuple[int, int],
+                    summary: SyncSummary) -> None:
+        """One claim's sends (a sending thread), then what the claim says about the EHR:
+        answered, and no outage failure meanwhile, opens the EHR gate."""
+        try:
             for bundle in self._pack(plans):
                 self.sender.send(bundle, summary)
-
-    @contextmanager
-    def _lease_renewal(self, job_ids: list[int]) -> Iterator[None]:
-        """Renew the lease every ``renew_every_s`` while this batch is being worked on."""
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(self.config.sync.renew_every_s):
-                try:
-                    self.store.renew_lease(
-                        job_ids, worker=self.worker, lease_s=self.config.sync.lease_s
-                    )
-                except ConnectorError:
-                    log.warning("lease renewal failed for %d jobs", len(job_ids))
-
-        thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
-        thread.start()
-        try:
-            yield
+            answers, outages = mark
+            if self.outcomes.answers > answers and self.outcomes.outages == outages:
+                released = gate.record_success(self.store, actor=self.worker, now=self.clock())
+                if released:
+                    log.info("the EHR answers again: %d scheduled retries released", released)
         finally:
-            done.set()
-            thread.join()
+            lease.stop()
+
+    def _prepare_claim(self, jobs: list[Job], summary: SyncSummary) -> list[Plan]:
+        """Each claimed record decided on: a plan to send, or its outcome recorded now.
+        The claim's look-ups go first, side by side (:meth:`References.prefetch`)."""
+        records = self.store.load_records([job.record_version_id for job in jobs])
+        ledgers = self.store.ledger_snapshot([(job.source, job.record_id) for job in jobs])
+
+        def encounter_known(record: EncounterRecord) -> bool:
+            entries = ledgers[(record.source, record.id)]
+            return any(e.resource_type == "Encounter" and e.ehr_id for e in entries)
+
+        self.refs.prefetch([records[job.record_version_id] for job in jobs
+                            if not records[job.record_version_id].part2], encounter_known)
+        plans: list[Plan] = []
+        for job in jobs:
+            record = records[job.record_version_id]
+            try:
+                ledger = RecordLedger(ledgers[(job.source, job.record_id)], self.store)
+                outcome = self._prepare(job, record, ledger)
+            except ConnectorError as exc:
+                self.outcomes.fail(job, exc, summary)
+                continue
+            except ValidationError as exc:
+                # The record passed intake but FHIR refuses a value (e.g. a control
+                # character in a name): name the elements, never the values.
+                where = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+                self.outcomes.wait(job, Wait(
+                    JobState.NEEDS_ATTENTION,
+                    f"cannot be mapped to FHIR R4: {', '.join(where)[:150]}"), summary)
+                continue
+            if isinstance(outcome, Wait):
+                self.outcomes.wait(job, outcome, summary)
+            else:
+                plans.append(outcome)
+        return plans
 
     # -- deciding ---------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -109,9 +110,14 @@ class SyncSummary:
     requests: int = 0
     waited_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # outcomes are counted from the planning thread and the sending thread (pipelining)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, state: JobState) -> None:
-        self.states[state.value] += 1
+    def add(self, state: JobState, error: str | None = None) -> None:
+        with self._lock:
+            self.states[state.value] += 1
+            if error is not None:
+                self.errors.append(error)
 
 
 @dataclass(frozen=True, slots=True)

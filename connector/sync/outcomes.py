@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,9 +25,15 @@ class Outcomes:
     def __init__(self, ctx: SyncContext, rng: random.Random) -> None:
         self.ctx = ctx
         self.rng = rng
-        self.answered = False  # the EHR answered since the engine last reset this
+        self.answers = 0  # answers heard from the EHR (a claim compares before and after)
         self.outages = 0  # failures that count against the EHR gate
         self._counted: int | None = None  # id() of the error last counted at the gate
+        self._lock = threading.Lock()
+
+    def heard(self) -> None:
+        """The EHR answered (not with a 429 or 5xx): it is up."""
+        with self._lock:
+            self.answers += 1
 
     def confirm(self, conn: Any, plan: Plan, write: Write, ehr_id: str | None,
                 version: str | None, *, state: str = "confirmed") -> None:
@@ -47,7 +54,7 @@ class Outcomes:
             detail["part2_form"] = plan.part2_form
         self.ctx.store.finish(conn, plan.job, JobState.SYNCED, actor=self.ctx.worker,
                               detail=detail)
-        self.answered = True
+        self.heard()
         summary.add(JobState.SYNCED)
 
     def wait(self, job: Job, wait: Wait, summary: SyncSummary) -> None:
@@ -71,11 +78,12 @@ class Outcomes:
             if error.outcome:
                 detail["outcome_codes"] = error.outcome.codes
         if isinstance(error, EhrRejected):
-            self.answered = True  # a refusal is an answer: the EHR is up
+            self.heard()  # a refusal is an answer: the EHR is up
         # A transaction's failure fails each of its records with the same error: one outage
         # failure at the gate, not one per record.
-        counts_at_gate = id(error) != self._counted
-        self._counted = id(error)
+        with self._lock:  # the planning and the sending thread both fail jobs
+            counts_at_gate = id(error) != self._counted
+            self._counted = id(error)
         with self.ctx.store.begin() as conn:
             first = self._first_failure_at(conn, job, now)
             decision = decide(
@@ -98,12 +106,12 @@ class Outcomes:
                 next_attempt_at=next_at, count_attempt=True, detail=detail,
             )
             if counts_at_gate and gate.outage_kind(error) is not None:
-                self.outages += 1
+                with self._lock:
+                    self.outages += 1
                 if finished:
                     gate.record_failure(self.ctx.store, conn, error, actor=self.ctx.worker,
                                         now=now, cfg=sync)
-        summary.add(decision.state)
-        summary.errors.append(f"{job.source}/{job.record_id}: {error}")
+        summary.add(decision.state, f"{job.source}/{job.record_id}: {error}")
         log.info("job %s (%s/%s) -> %s: %s", job.id, job.source, job.record_id,
                  decision.state.value, decision.reason or error)
 

@@ -69,8 +69,8 @@ def plan_record(
     standing note marked entered-in-error; and, where the EHR stores
     Provenance, one for the change.
     """
-    from mappings.notes import NoteShape, map_document_reference
-    from mappings.resources import encounter_identifier, map_encounter, note_version_identifier
+    from mappings.notes import NoteShape, document_reference_json
+    from mappings.resources import encounter_identifier, encounter_json, note_version_identifier
 
     retracting = record.status == "entered_in_error"
     rules = plan.note
@@ -79,9 +79,9 @@ def plan_record(
     enc_ref: str | None = refs.encounter or None
 
     def encounter_resource(rec: EncounterRecord) -> dict[str, Any]:
-        return map_encounter(rec, profile, patient_ref=refs.patient,
-                             practitioner_ref=refs.practitioner,
-                             organization_ref=refs.organization or None).model_dump(mode="json")
+        return encounter_json(rec, profile, patient_ref=refs.patient,
+                              practitioner_ref=refs.practitioner,
+                              organization_ref=refs.organization or None)
 
     if plan.encounter == "create":
         enc_system, enc_value = encounter_identifier(record, profile)
@@ -116,13 +116,13 @@ def plan_record(
             doc_status=choices.pop("doc_status", "final"),
             relates_to=rules.keeps_relates_to,
         )
-        return map_document_reference(
+        return document_reference_json(
             rec, profile, patient_ref=refs.patient, practitioner_ref=refs.practitioner,
             encounter_ref=enc_ref, note_format=_format(rules.content_type),
             organization_ref=refs.organization, shape=shape,
             contained=contained_encounter(rec) if plan.encounter == "contained" else None,
             **choices,
-        ).model_dump(mode="json")
+        )
 
     def rewrite(entry: LedgerEntry, status: str, action: str) -> Write:
         # Re-map an already-sent note version with a new status; content unchanged.
@@ -218,16 +218,16 @@ def _format(content_type: str) -> str:
 
 def _provenance(record: EncounterRecord, refs: Refs, writes: list[Write], *,
                 recorded: datetime, key: str, ledger_key: str) -> Write:
-    from mappings.resources import map_provenance
+    from mappings.resources import provenance_json
 
     retracting = record.status == "entered_in_error"
     targets = [f"{w.resource_type}/{w.ehr_id}" if w.ehr_id else w.full_url for w in writes]
     first = writes[0]
-    provenance = map_provenance(
+    provenance = provenance_json(
         targets=targets, recorded=recorded, practitioner_ref=refs.practitioner,
         device_ref=refs.device, organization_ref=refs.organization, part2=record.part2,
         activity="NULLIFY" if retracting else ("CREATE" if first.action == "create" else "UPDATE"),
-    ).model_dump(mode="json")
+    )
     return Write("Provenance", provenance, urn("Provenance", key), "provenance",
                  PROVENANCE_SYSTEM, f"{ledger_key}@{recorded.isoformat()}")
 

@@ -9,13 +9,16 @@ out is never sent: a type the EHR cannot create is only ever matched.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from connector.errors import EhrConflict, Outcome
+from connector.errors import ConnectorError, EhrConflict, Outcome
 from connector.records import EncounterRecord, parse_datetime
 from connector.states import JobState
 from connector.store import Job
+from connector.sync.concurrency import run_all
 from connector.sync.model import LedgerView, SyncContext, Wait, version_of
 from connector.writeplan import MATCH_ACTIONS
 
@@ -27,7 +30,13 @@ if TYPE_CHECKING:
 
 
 class References:
-    """Resolves one record's references; caches per run (cleared by :meth:`reset`)."""
+    """Resolves one record's references; caches per run (cleared by :meth:`reset`).
+
+    :meth:`prefetch` makes a claim's look-ups ahead, side by side (``[ehr]
+    max_in_flight`` at once): the searches only, their answers kept for the one
+    resolution that asks next. Every decision (a link, a create, a wait) is still
+    taken one record after another, under the same locks, from those answers.
+    """
 
     def __init__(self, ctx: SyncContext) -> None:
         self.ctx = ctx
@@ -35,11 +44,102 @@ class References:
         self._patient_links: dict[str, str] = {}  # per run: "" = no admin link
         self._practitioners: dict[str, Wait | str] = {}
         self._agency: tuple[str, str] | None = None
+        # searches made ahead by prefetch: (type, query) -> the matches, used once
+        self._found: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def reset(self) -> None:
         self._patients.clear()
         self._patient_links.clear()
         self._practitioners.clear()
+        self._found.clear()
+
+    def _search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """A search's matches: made ahead by :meth:`prefetch`, or now."""
+        found = self._found.pop((resource_type, _query(params)), None)
+        if found is not None:
+            return found
+        return self.ctx.client.search(resource_type, params)
+
+    # -- look-ups ahead -----------------------------------------------------
+
+    def prefetch(self, records: Sequence[EncounterRecord],
+                 encounter_known: Callable[[EncounterRecord], bool]) -> int:
+        """Search, side by side, for what these records' resolutions will look up:
+        each new MRN's Patient and staff id's Practitioner, then (where the EHR owns
+        them) each session's Encounter. A search that fails is simply made again
+        when its record is resolved (and fails there, by name). Returns the number
+        of searches made."""
+        self._found.clear()
+        searches: dict[tuple[str, str], dict[str, str]] = {}
+        for record in records:
+            for resource_type, params in self._first_lookups(record):
+                searches.setdefault((resource_type, _query(params)), params)
+        made = self._search_all(searches)
+        if self.ctx.plan.encounter == "ehr":
+            encounters: dict[tuple[str, str], dict[str, str]] = {}
+            for record in records:
+                wanted = self._encounter_lookup(record, encounter_known)
+                if wanted is not None:
+                    encounters.setdefault(("Encounter", _query(wanted)), wanted)
+            made += self._search_all(encounters)
+        return made
+
+    def _first_lookups(self, record: EncounterRecord) -> list[tuple[str, dict[str, str]]]:
+        from mappings.resources import NPI, mrn_identifier, search_token, staff_identifier
+
+        lookups: list[tuple[str, dict[str, str]]] = []
+        mrn = record.participant.mrn
+        if mrn and mrn not in self._patients and not self._patient_link(record):
+            lookups.append(("Patient", {"identifier": search_token(
+                *mrn_identifier(mrn, self.ctx.profile))}))
+        staff_id = record.specialist.id
+        if staff_id not in self._practitioners:
+            if self.ctx.plan.practitioner_by == "npi":
+                token = search_token(NPI, record.specialist.npi) if record.specialist.npi else ""
+            else:
+                token = search_token(*staff_identifier(record.specialist, self.ctx.profile))
+            linked = self.ctx.store.get_link("practitioner", staff_id) if token else None
+            if linked:
+                self._practitioners[staff_id] = f"Practitioner/{linked}"
+            elif token:
+                lookups.append(("Practitioner", {"identifier": token}))
+        return lookups
+
+    def _encounter_lookup(self, record: EncounterRecord,
+                          known: Callable[[EncounterRecord], bool]) -> dict[str, str] | None:
+        patient = self._patients.get(record.participant.mrn or "") \
+            or (f"Patient/{link}" if (link := self._patient_link(record)) else None)
+        if not isinstance(patient, str) or known(record) \
+                or self.ctx.store.get_link("encounter", f"{record.source}|{record.id}"):
+            return None
+        return _encounter_params(record, patient)
+
+    def _search_all(self, searches: dict[tuple[str, str], dict[str, str]]) -> int:
+        if not searches:
+            return 0
+        keys = list(searches)
+
+        def one(resource_type: str, params: dict[str, str]) -> list[dict[str, Any]] | None:
+            try:
+                return self.ctx.client.search(resource_type, params)
+            except ConnectorError:
+                return None  # made again, and reported, when its record is resolved
+
+        tasks = [partial(one, key[0], searches[key]) for key in keys]
+        for key, found in zip(keys, run_all(tasks, self.ctx.config.ehr.max_in_flight),
+                              strict=True):
+            if found is not None:
+                self._found[key] = found
+        return len(keys)
+
+    def _patient_link(self, record: EncounterRecord) -> str:
+        """An admin's link of this participant to an EHR Patient ("" for none), per run."""
+        link_key = f"{record.source}|{record.participant.id}"
+        linked = self._patient_links.get(link_key)
+        if linked is None:
+            linked = self.ctx.store.get_link("patient", link_key) or ""
+            self._patient_links[link_key] = linked
+        return linked
 
     def _if_none_exist(self, token: str) -> dict[str, str] | None:
         return {"identifier": token} if self.ctx.plan.conditional_create else None
@@ -49,11 +149,7 @@ class References:
     def patient(self, record: EncounterRecord) -> Wait | str:
         from mappings.resources import mrn_identifier, search_token
 
-        link_key = f"{record.source}|{record.participant.id}"
-        linked = self._patient_links.get(link_key)
-        if linked is None:
-            linked = self.ctx.store.get_link("patient", link_key) or ""
-            self._patient_links[link_key] = linked
+        linked = self._patient_link(record)
         if linked:
             return f"Patient/{linked}"
         creates = self.ctx.profile.create_patients and self.ctx.plan.creates("Patient")
@@ -66,7 +162,7 @@ class References:
             return cached
         system, value = mrn_identifier(mrn, self.ctx.profile)
         token = search_token(system, value)
-        found = self.ctx.client.search("Patient", {"identifier": token})
+        found = self._search("Patient", {"identifier": token})
         result: Wait | str
         if len(found) == 1:
             result = f"Patient/{found[0]['id']}"
@@ -129,8 +225,7 @@ class References:
         # and an EHR without one would get two): the next one finds the link.
         with store.exclusive(f"link|practitioner|{staff_id}") as conn:
             linked = store.get_link("practitioner", staff_id)
-            found = [] if linked else self.ctx.client.search("Practitioner",
-                                                             {"identifier": token})
+            found = [] if linked else self._search("Practitioner", {"identifier": token})
             if linked:
                 result = f"Practitioner/{linked}"
             elif len(found) == 1:
@@ -191,9 +286,7 @@ class References:
         known = ledger.ledger_latest("Encounter", system, value)
         if known is not None and known.ehr_id:
             return f"Encounter/{known.ehr_id}"
-        day_before = (record.start - timedelta(days=1)).date().isoformat()
-        candidates = self.ctx.client.search(
-            "Encounter", {"subject": patient_ref, "date": f"ge{day_before}"})
+        candidates = self._search("Encounter", _encounter_params(record, patient_ref))
         matches = [enc for enc in candidates if overlaps(enc.get("period") or {}, record)]
         if not matches and not self.ctx.plan.note.encounter_required:
             return ""  # the EHR takes a note with context.period alone
@@ -262,6 +355,16 @@ def ensure_agency(store: Store, client: FhirClient, profile: Profile, plan: Writ
                     store.set_link(kind, key, linked, linked_by=how, conn=conn)
         refs.append(f"{resource_type}/{linked}")
     return refs[0], refs[1]
+
+
+def _encounter_params(record: EncounterRecord, patient_ref: str) -> dict[str, str]:
+    """The search for the EHR's Encounters that may be this session's."""
+    day_before = (record.start - timedelta(days=1)).date().isoformat()
+    return {"subject": patient_ref, "date": f"ge{day_before}"}
+
+
+def _query(params: dict[str, str]) -> str:
+    return "&".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
 def overlaps(period: dict[str, Any], record: EncounterRecord) -> bool:

@@ -148,9 +148,11 @@ class StagedSender(Sender):
                 continue
             for plan, write in items:
                 literalize(write.resource, plan.ids)
-            priors = [store.ledger_latest(w.resource_type, w.system, w.value) for _, w in items]
+            latest = store.ledger_latest_many(
+                [(w.resource_type, w.system, w.value) for _, w in items if not w.ehr_id])
             with store.begin() as conn:
-                for (plan, write), prior in zip(items, priors, strict=True):
+                for plan, write in items:
+                    prior = latest.get((write.resource_type, write.system, write.value))
                     # the version the EHR held before: an in-place change in doubt is
                     # settled by seeing it move on (see recovery)
                     before = write.if_match if write.ehr_id else \
@@ -175,10 +177,11 @@ class StagedSender(Sender):
                     plan.ids[write.full_url] = f"{write.resource_type}/{write.ehr_id}"
             for job_id, error in failed.items():
                 self.out.fail(alive.pop(job_id).job, error, summary)
-        for plan in alive.values():
-            with store.begin() as conn:
-                self.out.synced(conn, plan, [f"{w.resource_type}/{w.ehr_id}"
-                                             for w in plan.writes], summary)
+        if alive:
+            with store.begin() as conn:  # the claim's outcomes in one transaction
+                for plan in alive.values():
+                    self.out.synced(conn, plan, [f"{w.resource_type}/{w.ehr_id}"
+                                                 for w in plan.writes], summary)
 
     def _send_single(self, items: list[tuple[Plan, Write]], summary: SyncSummary
                      ) -> list[Result]:

@@ -207,18 +207,19 @@ def test_a_sync_that_outlives_its_token_renews_it_without_a_401(
     env.configure(max_in_flight=1)
     env.run("import", "--source", SOURCE, str(_many_records(tmp_path, count)))
 
-    # A little latency per EHR request, so the run outlasts a token on any machine.
-    from connector.fhir_client import FhirClient as Client
+    # A little latency per HTTP request (inside the client's max_in_flight bound, so the
+    # pipelined sync still makes them one at a time): the run outlasts a token anywhere.
+    import requests
 
-    real_http = Client._http
+    real_request = requests.Session.request
 
-    def slow_http(self: Client, *args: Any, **kwargs: Any) -> Any:
+    def slow_request(self: requests.Session, *args: Any, **kwargs: Any) -> Any:
         time.sleep(0.02)
-        return real_http(self, *args, **kwargs)
+        return real_request(self, *args, **kwargs)
 
     before = _token_requests(caplog)
     with monkeypatch.context() as patched:
-        patched.setattr(Client, "_http", slow_http)
+        patched.setattr(requests.Session, "request", slow_request)
         started = time.monotonic()
         env.run("sync")
         elapsed = time.monotonic() - started

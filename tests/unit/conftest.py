@@ -1,4 +1,5 @@
-"""Unit fixtures for the web app: a PeerSync home with the test users, and the app on it.
+"""Unit fixtures: a migrated SQLite store; for the web app, a PeerSync home with the test
+users, and the app on it.
 
 A test module that wants records in the home overrides ``home`` with one that takes this
 one and imports them (see tests/webapp_support.import_examples).
@@ -12,7 +13,16 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from connector.store import Store
 from tests.webapp_support import Home, make_app, make_home
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    store = Store.from_url(f"sqlite:///{tmp_path / 'p.db'}")
+    store.migrate()
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -221,11 +221,8 @@ def rsps() -> Iterator[responses.RequestsMock]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.from_url(f"sqlite:///{tmp_path / 'check.db'}")
-    s.migrate()
-    yield s
-    s.close()
+def store(sqlite_store: Store) -> Store:
+    return sqlite_store
 
 
 def _mock_agency(rsps: responses.RequestsMock) -> None:

@@ -699,6 +699,13 @@ def test_the_ledger_answers_with_the_newest_entry_per_identifier(store: Store) -
     practitioner = store.ledger_latest("Practitioner", "urn:staff", "S-17")
     assert practitioner is not None and practitioner.record_version_id is None
     assert store.ledger_latest("Encounter", enc[1], "someone-else") is None
+    # the same answers for many keys at once (one query per claim's stage)
+    keys = [enc, doc, ("Practitioner", "urn:staff", "S-17"), ("Encounter", enc[1], "nobody")]
+    many = store.ledger_latest_many(keys)
+    assert list(many) == keys
+    assert many == {key: store.ledger_latest(*key) for key in keys}
+    assert many[enc] is not None and many[enc].ehr_id == "enc-1"
+    assert many[keys[3]] is None
 
     entries = store.ledger_for_record(SRC, "ps-2026-000123")
     assert [(e.resource_type, e.ehr_id, e.state) for e in entries] == [

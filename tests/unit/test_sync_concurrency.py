@@ -76,8 +76,9 @@ def _result(resource: dict[str, Any]) -> WriteResult:
 
 
 class FakeStore:
-    def ledger_latest(self, *_: Any) -> None:
-        return None
+    def ledger_latest_many(self, keys: list[Any]) -> dict[Any, None]:
+        assert threading.get_ident() == MAIN, "the store is used from the main thread only"
+        return dict.fromkeys(keys)
 
     @contextmanager
     def begin(self) -> Any:

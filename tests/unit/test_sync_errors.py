@@ -34,14 +34,6 @@ def _bundle(*resources: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def sqlite_store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    s = Store.from_url(f"sqlite:///{tmp_path / 'p.db'}")
-    s.migrate()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def engine(sqlite_store: Store, profile: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
     config = parse_config({"ehr": {"base_url": BASE}}, path=tmp_path / "peersync.toml",
                           environ={})
@@ -210,14 +202,14 @@ def test_a_record_fhir_cannot_take_needs_attention_and_others_go_on(
 
     import mappings.resources as res
 
-    real = res.map_encounter
+    real = res.encounter_json
 
     def refuse_one(record, profile, **kw):  # type: ignore[no-untyped-def]
         if record.source == "odd-tool":  # a value the FHIR model refuses
             Encounter.model_validate({"resourceType": "Encounter", "status": ["Dana Lopez"]})
         return real(record, profile, **kw)
 
-    monkeypatch.setattr(res, "map_encounter", refuse_one)
+    monkeypatch.setattr(res, "encounter_json", refuse_one)
     engine.store.add_records([load_example("in-person-session.json", source="odd-tool"),
                               load_example("in-person-session.json")], actor="t")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
