@@ -86,6 +86,8 @@ class StoreCore:
         # The audit chain's HMAC key (connector.audit); without one, the public
         # development key, which `peersync audit verify` reports.
         self.audit_key = audit_key or DEVELOPMENT_KEY
+        # audit rows held per connection by audit_batch, chained when the batch ends
+        self._audit_batches: dict[int, list[dict[str, Any]]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, audit_key: bytes | None = None) -> Self:
@@ -115,7 +117,8 @@ class StoreCore:
         """Raise StoreError unless the schema is migrated (a clear message for the CLI)."""
         try:
             with self.engine.connect() as conn:
-                conn.execute(select(func.count()).select_from(jobs)).scalar_one()
+                # a probe of the table, not a count of it (a full scan on PostgreSQL)
+                conn.execute(select(jobs.c.id).limit(1)).first()
         except (OperationalError, SQLAlchemyError) as exc:
             raise StoreError(
                 "the database is not initialised: run `peersync init` (or `peersync db upgrade`)"
@@ -164,6 +167,19 @@ class StoreCore:
 
     # -- audit ------------------------------------------------------------
 
+    @contextmanager
+    def audit_batch(self, conn: Connection) -> Iterator[None]:
+        """Hold the audit rows appended on ``conn`` meanwhile and chain them in one go at
+        the end (one head read and update, one multi-row insert), in the same transaction:
+        for the many events of a claim or of a batch's outcomes. Their order is kept."""
+        rows: list[dict[str, Any]] = []
+        self._audit_batches[id(conn)] = rows
+        try:
+            yield
+        finally:
+            self._audit_batches.pop(id(conn), None)
+        append_audit(conn, rows, self.audit_key)
+
     def audit(
         self,
         conn: Connection,
@@ -184,24 +200,23 @@ class StoreCore:
             source = source or job.source
             record_id = record_id or job.record_id
             record_version_id = record_version_id or job.record_version_id
-        append_audit(
-            conn,
-            [
-                {
-                    "at": at or utcnow(),
-                    "actor": actor,
-                    "action": action,
-                    "source": source,
-                    "record_id": record_id,
-                    "record_version_id": record_version_id,
-                    "job_id": job.id if job else None,
-                    "state_from": state_from,
-                    "state_to": state_to,
-                    "detail": detail,
-                }
-            ],
-            self.audit_key,
-        )
+        row = {
+            "at": at or utcnow(),
+            "actor": actor,
+            "action": action,
+            "source": source,
+            "record_id": record_id,
+            "record_version_id": record_version_id,
+            "job_id": job.id if job else None,
+            "state_from": state_from,
+            "state_to": state_to,
+            "detail": detail,
+        }
+        batch = self._audit_batches.get(id(conn))
+        if batch is not None:
+            batch.append(row)
+        else:
+            append_audit(conn, [row], self.audit_key)
 
     def audit_events(
         self,

@@ -53,6 +53,25 @@ class LedgerMixin(StoreCore):
             )
         )
 
+    def ledger_add_many(self, conn: Connection, entries: Sequence[dict[str, Any]]) -> None:
+        """Many :meth:`ledger_add` rows (its keyword arguments, each) in one statement."""
+        if not entries:
+            return
+        now = utcnow()
+        rows = []
+        for e in entries:
+            job: Job | None = e.get("job")
+            rows.append({
+                "record_version_id": job.record_version_id if job else None,
+                "source": job.source if job else None,
+                "record_id": job.record_id if job else None,
+                "resource_type": e["resource_type"], "identifier_system": e["system"],
+                "identifier_value": e["value"], "ehr_id": e["ehr_id"],
+                "ehr_version": e["ehr_version"], "action": e["action"],
+                "state": e.get("state", "confirmed"), "written_at": now,
+            })
+        conn.execute(insert(ledger), rows)
+
     def ledger_latest(self, resource_type: str, system: str, value: str) -> LedgerEntry | None:
         with self.engine.connect() as conn:
             row = conn.execute(

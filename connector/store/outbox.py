@@ -113,7 +113,7 @@ class OutboxMixin(ConsentMixin):
                 jobs.c.reason,
             )
         )
-        with self.begin() as conn:
+        with self.begin() as conn, self.audit_batch(conn):
             rows = conn.execute(statement).all()
             claimed = sorted((Job(*row) for row in rows), key=lambda j: j.id)
             for job in claimed:

@@ -338,7 +338,7 @@ class SyncEngine:
         plan = Plan(job=job, record=record, writes=planned.writes, proof=planned.proof,
                     omitted=planned.omitted, part2_form=planned.part2_form)
         if self.plan.staged:
-            wait = self.recovery.resume(plan)
+            wait = self.recovery.resume(plan, ledger)
             if wait is not None:
                 return wait
         return plan

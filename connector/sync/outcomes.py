@@ -38,11 +38,17 @@ class Outcomes:
     def confirm(self, conn: Any, plan: Plan, write: Write, ehr_id: str | None,
                 version: str | None, *, state: str = "confirmed") -> None:
         """A ledger row for one write: ``sent`` before it goes, ``confirmed`` once answered."""
-        self.ctx.store.ledger_add(
-            conn, resource_type=write.resource_type, system=write.system, value=write.value,
-            ehr_id=ehr_id or write.ehr_id, ehr_version=version, action=write.action,
-            job=plan.job, state=state,
-        )
+        self.confirm_many(conn, [(plan, write, ehr_id, version)], state=state)
+
+    def confirm_many(self, conn: Any,
+                     items: list[tuple[Plan, Write, str | None, str | None]], *,
+                     state: str = "confirmed") -> None:
+        """:meth:`confirm` for many writes (plan, write, EHR id, version), in one statement."""
+        self.ctx.store.ledger_add_many(conn, [{
+            "resource_type": write.resource_type, "system": write.system, "value": write.value,
+            "ehr_id": ehr_id or write.ehr_id, "ehr_version": version, "action": write.action,
+            "job": plan.job, "state": state,
+        } for plan, write, ehr_id, version in items])
 
     def synced(self, conn: Any, plan: Plan, resources: list[str],
                summary: SyncSummary) -> None:

@@ -24,6 +24,7 @@ from connector.states import JobState
 from connector.store import Job
 from connector.sync.model import (
     PROVENANCE_SYSTEM,
+    LedgerView,
     Plan,
     SyncContext,
     Wait,
@@ -41,18 +42,26 @@ class Recovery:
 
     # -- staged modes -------------------------------------------------------
 
-    def resume(self, plan: Plan) -> Wait | None:
-        """Skip what the ledger confirms, settle what is in doubt; a Wait when it must wait."""
+    def resume(self, plan: Plan, ledger: LedgerView) -> Wait | None:
+        """Skip what the ledger confirms, settle what is in doubt; a Wait when it must wait.
+
+        ``ledger``: the record's own rows (read once per claim); the store is asked only
+        where they show a write of this version (then whether it is the newest of its
+        identifier), so a first try costs no query.
+        """
         store = self.ctx.store
         rvid = plan.job.record_version_id
         for write in plan.writes:
             if write.resource_type == "Provenance":
-                entry = next((e for e in store.ledger_for_record(
+                entry = next((e for e in ledger.ledger_for_record(
                     plan.record.source, plan.record.id, "Provenance")
                     if e.identifier_value == write.value), None)
                 if entry is not None and entry.state == "sent":
                     self._settle_provenance(plan, write)
                 continue
+            mine = ledger.ledger_latest(write.resource_type, write.system, write.value)
+            if mine is None or mine.record_version_id != rvid:
+                continue  # not written by this version yet
             entry = store.ledger_latest(write.resource_type, write.system, write.value)
             if entry is None or entry.record_version_id != rvid or entry.action == "match":
                 continue  # not written by this version yet

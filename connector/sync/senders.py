@@ -100,11 +100,11 @@ class TransactionSender(Sender):
                 self.out.fail(plan.job, error, summary)
             return
         by_write = dict(zip((id(w) for w in writes), results, strict=True))
-        with self.ctx.store.begin() as conn:
+        with self.ctx.store.begin() as conn, self.ctx.store.audit_batch(conn):
+            self.out.confirm_many(conn, [
+                (plan, write, by_write[id(write)].id, by_write[id(write)].version_id)
+                for plan in plans for write in plan.writes])
             for plan in plans:
-                for write in plan.writes:
-                    result = by_write[id(write)]
-                    self.out.confirm(conn, plan, write, result.id, result.version_id)
                 self.out.synced(conn, plan, [f"{w.resource_type}/{by_write[id(w)].id}"
                                              for w in plan.writes], summary)
 
@@ -150,14 +150,16 @@ class StagedSender(Sender):
                 literalize(write.resource, plan.ids)
             latest = store.ledger_latest_many(
                 [(w.resource_type, w.system, w.value) for _, w in items if not w.ehr_id])
+            intents = []
+            for plan, write in items:
+                prior = latest.get((write.resource_type, write.system, write.value))
+                # the version the EHR held before: an in-place change in doubt is
+                # settled by seeing it move on (see recovery)
+                before = write.if_match if write.ehr_id else \
+                    (prior.ehr_version if prior else None)
+                intents.append((plan, write, write.ehr_id, before))
             with store.begin() as conn:
-                for plan, write in items:
-                    prior = latest.get((write.resource_type, write.system, write.value))
-                    # the version the EHR held before: an in-place change in doubt is
-                    # settled by seeing it move on (see recovery)
-                    before = write.if_match if write.ehr_id else \
-                        (prior.ehr_version if prior else None)
-                    self.out.confirm(conn, plan, write, write.ehr_id, before, state="sent")
+                self.out.confirm_many(conn, intents, state="sent")
             # the requests go concurrently (max_in_flight), each record's in plan order;
             # the confirmations below are written here, once every request has ended
             if self.ctx.plan.mode == "batch":
@@ -165,20 +167,23 @@ class StagedSender(Sender):
             else:
                 outcomes = self._send_single(items, summary)
             failed: dict[int, ConnectorError] = {}
+            confirmed = []
+            for (plan, write), outcome in zip(items, outcomes, strict=True):
+                if isinstance(outcome, ConnectorError):
+                    failed.setdefault(plan.job.id, outcome)
+                    continue
+                ehr_id, version = outcome
+                confirmed.append((plan, write, ehr_id, version))
             with store.begin() as conn:
-                for (plan, write), outcome in zip(items, outcomes, strict=True):
-                    if isinstance(outcome, ConnectorError):
-                        failed.setdefault(plan.job.id, outcome)
-                        continue
-                    ehr_id, version = outcome
-                    self.out.confirm(conn, plan, write, ehr_id, version)
-                    write.ehr_id = write.ehr_id or ehr_id
-                    write.done = True
-                    plan.ids[write.full_url] = f"{write.resource_type}/{write.ehr_id}"
+                self.out.confirm_many(conn, confirmed)
+            for plan, write, ehr_id, _ in confirmed:
+                write.ehr_id = write.ehr_id or ehr_id
+                write.done = True
+                plan.ids[write.full_url] = f"{write.resource_type}/{write.ehr_id}"
             for job_id, error in failed.items():
                 self.out.fail(alive.pop(job_id).job, error, summary)
         if alive:
-            with store.begin() as conn:  # the claim's outcomes in one transaction
+            with store.begin() as conn, store.audit_batch(conn):  # outcomes in one go
                 for plan in alive.values():
                     self.out.synced(conn, plan, [f"{w.resource_type}/{w.ehr_id}"
                                                  for w in plan.writes], summary)

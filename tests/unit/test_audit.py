@@ -186,6 +186,30 @@ def test_a_chain_written_by_the_store_verifies(keyed: Store, chain: int) -> None
     assert check(keyed, batch_size=3) == result
 
 
+def test_a_batch_of_events_is_chained_in_order_in_one_append(keyed: Store, chain: int) -> None:
+    """Store.audit_batch (a claim's or a batch's many events): the rows appear in the order
+    they were appended, with the next sequence numbers, and the chain still verifies."""
+    with keyed.begin() as conn, keyed.audit_batch(conn):
+        for i in range(5):
+            keyed.audit(conn, actor="batch", action="job.claimed", detail={"i": i})
+        assert head(keyed) == (chain, all_rows(keyed)[-1]["mac"])  # nothing chained yet
+    rows = all_rows(keyed)
+    batch = [r for r in rows if r["actor"] == "batch"]
+    assert [r["detail"]["i"] for r in batch] == [0, 1, 2, 3, 4]
+    assert [r["seq"] for r in batch] == list(range(chain + 1, chain + 6))
+    assert check(keyed).ok
+
+
+def test_a_batch_that_fails_appends_nothing(keyed: Store, chain: int) -> None:
+    with pytest.raises(RuntimeError), keyed.begin() as conn, keyed.audit_batch(conn):
+        keyed.audit(conn, actor="batch", action="job.claimed")
+        raise RuntimeError("the transaction fails")
+    assert len(all_rows(keyed)) == chain
+    with keyed.begin() as conn:  # and the connection is not left batching
+        keyed.audit(conn, actor="after", action="job.claimed")
+    assert all_rows(keyed)[-1]["actor"] == "after" and check(keyed).ok
+
+
 def test_canonical_form_is_sorted_compact_json_with_utc_microseconds() -> None:
     content = {"seq": 7, "at": datetime(2030, 1, 1, 7, 0, tzinfo=timezone(timedelta(hours=-5))),
                "actor": "w1", "action": "job.state", "job_id": 3,

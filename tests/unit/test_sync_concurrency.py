@@ -85,6 +85,10 @@ class FakeStore:
         assert threading.get_ident() == MAIN, "the store is used from the main thread only"
         yield None
 
+    @contextmanager
+    def audit_batch(self, conn: Any) -> Any:
+        yield
+
 
 class FakeOutcomes:
     def __init__(self) -> None:
@@ -95,6 +99,11 @@ class FakeOutcomes:
                 version: str | None, *, state: str = "confirmed") -> None:
         assert threading.get_ident() == MAIN
         self.confirmed.append((plan.job.record_id, write.resource["name"], state))
+
+    def confirm_many(self, conn: Any, items: list[tuple[Plan, Write, str | None, str | None]],
+                     *, state: str = "confirmed") -> None:
+        for plan, write, ehr_id, version in items:
+            self.confirm(conn, plan, write, ehr_id, version, state=state)
 
     def synced(self, conn: Any, plan: Plan, resources: list[str], summary: SyncSummary) -> None:
         self.done.append(plan.job.record_id)
