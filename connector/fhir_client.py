@@ -26,7 +26,6 @@ import logging
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -552,9 +551,9 @@ class FhirClient:
         self.on_exchange = on_exchange
         # called before every request, e.g. the shared rate limit (connector.ratelimit.install)
         self.before_request: Callable[[], None] | None = None
-        # requests in flight at once from this client's threads ([ehr] max_in_flight, set
-        # by the sync engine); None: no bound
-        self.in_flight: threading.BoundedSemaphore | None = None
+        # requests in flight at once from this client's threads ([ehr] max_in_flight: the
+        # sync engine sets a connector.sync.concurrency.InFlight); None: no bound
+        self.in_flight: contextlib.AbstractContextManager[Any] | None = None
         self._owns_session = session is None
         self.session = session or new_session(
             ca_file=ca_file, user_agent=user_agent, connect_retries=connect_retries,

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from connector.errors import ConnectorError
@@ -100,3 +101,46 @@ class LeaseRenewal:
         self._done.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
+
+
+class InFlight:
+    """At most ``limit`` requests at once (the EHR client enters it around each request);
+    the look-ups the planning of the next claim waits on (:meth:`urgent`) take the next
+    free place before any queued write, so the pipeline does not stall behind its own
+    sends. A context manager, entered per request."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._free = limit
+        self._urgent_waiting = 0
+        self._local = threading.local()
+
+    @contextmanager
+    def urgent(self) -> Iterator[None]:
+        """This thread's requests meanwhile go first."""
+        self._local.urgent = True
+        try:
+            yield
+        finally:
+            self._local.urgent = False
+
+    def __enter__(self) -> None:
+        urgent = getattr(self._local, "urgent", False)
+        with self._cond:
+            if urgent:
+                self._urgent_waiting += 1
+                try:
+                    while self._free == 0:
+                        self._cond.wait()
+                finally:
+                    self._urgent_waiting -= 1
+            else:
+                while self._free == 0 or self._urgent_waiting:
+                    self._cond.wait()
+            self._free -= 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()

@@ -40,7 +40,7 @@ from connector.fhir_client import FhirClient
 from connector.records import EncounterRecord
 from connector.states import JobState
 from connector.store import Job, Store, utcnow
-from connector.sync.concurrency import LeaseRenewal
+from connector.sync.concurrency import InFlight, LeaseRenewal
 from connector.sync.model import Plan, RecordLedger, Refs, SyncContext, SyncSummary, Wait
 from connector.sync.outcomes import Outcomes
 from connector.sync.planner import plan_record
@@ -104,7 +104,7 @@ class SyncEngine:
         self._sends = ThreadPoolExecutor(max_workers=self.SENDING, thread_name_prefix="sync-send")
         self._sending: deque[Future[None]] = deque()
         if getattr(client, "in_flight", None) is None and hasattr(client, "in_flight"):
-            client.in_flight = threading.BoundedSemaphore(max(1, config.ehr.max_in_flight))
+            client.in_flight = InFlight(max(1, config.ehr.max_in_flight))
         hooks = getattr(getattr(client, "session", None), "hooks", None)
         if isinstance(hooks, dict):
             hooks.setdefault("response", []).append(self._heard_from_ehr)

@@ -9,6 +9,7 @@ out is never sent: a type the EHR cannot create is only ever matched.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
@@ -119,9 +120,13 @@ class References:
             return 0
         keys = list(searches)
 
+        slots = getattr(self.ctx.client, "in_flight", None)
+        first = getattr(slots, "urgent", contextlib.nullcontext)
+
         def one(resource_type: str, params: dict[str, str]) -> list[dict[str, Any]] | None:
             try:
-                return self.ctx.client.search(resource_type, params)
+                with first():  # the planning waits on these: ahead of queued writes
+                    return self.ctx.client.search(resource_type, params)
             except ConnectorError:
                 return None  # made again, and reported, when its record is resolved
 

@@ -7,6 +7,7 @@ nothing is asserted about durations.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -227,3 +228,48 @@ def test_max_in_flight_defaults_to_8_and_the_session_pool_holds_that_many(
     assert config.ehr.max_in_flight == 8
     with FhirClient(base_url=BASE, pool_maxsize=32) as client:
         assert client.session.get_adapter(BASE)._pool_maxsize == 32  # type: ignore[attr-defined]
+
+
+def test_in_flight_bounds_requests_and_lets_urgent_ones_go_first() -> None:
+    """connector.sync.concurrency.InFlight: never more than its limit at once; a place
+    freed goes to a waiting urgent request (a look-up the planning waits on) before the
+    writes queued earlier."""
+    from connector.sync.concurrency import InFlight
+
+    slots = InFlight(2)
+    order: list[str] = []
+    lock = threading.Lock()
+    inside = [0, 0]  # now, most
+
+    def request(name: str, urgent: bool, hold: threading.Event) -> None:
+        with slots.urgent() if urgent else contextlib.nullcontext(), slots:
+            with lock:
+                order.append(name)
+                inside[0] += 1
+                inside[1] = max(inside[1], inside[0])
+            hold.wait(5)
+            with lock:
+                inside[0] -= 1
+
+    first = threading.Event()
+    held = [threading.Thread(target=request, args=(f"held-{i}", False, first)) for i in range(2)]
+    for thread in held:
+        thread.start()
+    while len(order) < 2:
+        time.sleep(0.005)
+    go = threading.Event()
+    go.set()
+    queued = [threading.Thread(target=request, args=(f"write-{i}", False, go)) for i in range(3)]
+    for thread in queued:
+        thread.start()
+    time.sleep(0.05)  # the writes are waiting for a place
+    urgent = threading.Thread(target=request, args=("look-up", True, go))
+    urgent.start()
+    time.sleep(0.05)
+    first.set()  # the two held requests end: the look-up takes the first place freed
+    for thread in [*held, *queued, urgent]:
+        thread.join(5)
+    assert order[:2] == ["held-0", "held-1"] or order[:2] == ["held-1", "held-0"]
+    assert order[2] == "look-up", order
+    assert sorted(order[3:]) == ["write-0", "write-1", "write-2"]
+    assert inside[1] == 2
