@@ -216,11 +216,13 @@ def encounter_json(
     patient_ref: str,
     practitioner_ref: str,
     organization_ref: str | None = None,
+    validate: bool = True,
 ) -> dict[str, Any]:
     """The US Core Encounter of one record, as validated JSON.
 
     ``service.setting``, ``service.group_size`` and ``consent.id`` are kept
-    locally and deliberately not sent.
+    locally and deliberately not sent. ``validate=False`` for an Encounter
+    contained in a note: the note's own validation covers it.
     """
     code = record.service.code or profile.service_code
     display = HCPCS_DISPLAYS.get(code)
@@ -256,7 +258,7 @@ def encounter_json(
         data["serviceProvider"] = _ref(organization_ref)
     if record.part2:
         data["meta"] = _part2_meta()
-    return validated(Encounter, data)
+    return validated(Encounter, data) if validate else data
 
 
 def map_encounter(record: EncounterRecord, profile: Profile, **refs: Any) -> Encounter:

@@ -78,10 +78,10 @@ def plan_record(
     writes = planned.writes
     enc_ref: str | None = refs.encounter or None
 
-    def encounter_resource(rec: EncounterRecord) -> dict[str, Any]:
+    def encounter_resource(rec: EncounterRecord, *, validate: bool = True) -> dict[str, Any]:
         return encounter_json(rec, profile, patient_ref=refs.patient,
                               practitioner_ref=refs.practitioner,
-                              organization_ref=refs.organization or None)
+                              organization_ref=refs.organization or None, validate=validate)
 
     if plan.encounter == "create":
         enc_system, enc_value = encounter_identifier(record, profile)
@@ -98,7 +98,7 @@ def plan_record(
         enc_ref = f"Encounter/{enc_write.ehr_id}" if enc_write.ehr_id else enc_write.full_url
 
     def contained_encounter(rec: EncounterRecord) -> list[dict[str, Any]]:
-        resource = encounter_resource(rec)
+        resource = encounter_resource(rec, validate=False)  # validated within the note
         resource["id"] = CONTAINED_ENCOUNTER_ID
         resource.pop("meta", None)  # contained resources carry no meta of their own
         return [resource]

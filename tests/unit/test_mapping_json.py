@@ -93,3 +93,18 @@ def test_json_the_model_refuses_is_refused_by_name() -> None:
         resources.validated(Provenance, {"resourceType": "Provenance", "target": "not-a-list",
                                          "recorded": "2026-11-23T12:00:00Z", "agent": []})
     assert "target" in str(caught.value)
+
+
+def test_an_encounter_contained_in_a_note_is_still_validated_with_the_note(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """us-core-notes contains the Encounter in the note: it is not validated on its own,
+    but the note's validation covers it, and names where it fails."""
+    from pydantic import ValidationError
+
+    record = example_records()[0]
+    monkeypatch.setitem(resources.ENCOUNTER_STATUS, record.status, ["not", "a", "code"])
+    with pytest.raises(ValidationError) as caught:
+        plan_record(record, REFS, key="k", profile=PROFILE, plan=plan_of("us-core-notes"),
+                    ledger=EmptyLedger(), recorded=datetime(2026, 11, 23, tzinfo=UTC),
+                    marker_key=b"k" * 32)
+    assert any(err["loc"][:2] == ("contained", 0) for err in caught.value.errors())
