@@ -39,8 +39,12 @@ class OutboxMixin(ConsentMixin):
         lease_s: float = 30.0,
         include_waiting: bool = True,
         now: datetime | None = None,
+        exclude: Sequence[int] = (),
     ) -> list[Job]:
         """Claim up to ``limit`` due jobs for ``worker`` in one atomic UPDATE.
+
+        ``exclude``: ids of jobs the caller is still working on (a pipelined worker's
+        earlier claims): never taken again by it, even if their lease ran out meanwhile.
 
         Due: pending; retry_scheduled or unknown whose time has come; in_flight
         whose lease expired (its worker died); and, once per run, the waiting
@@ -65,6 +69,8 @@ class OutboxMixin(ConsentMixin):
                     or_(jobs.c.run_id.is_(None), jobs.c.run_id != run_id),
                 ),
             )
+        if exclude:
+            due = and_(due, jobs.c.id.not_in(list(exclude)))
         earlier = jobs.alias("earlier")
         candidates = (
             select(jobs.c.id)

@@ -103,6 +103,8 @@ class SyncEngine:
         # every request of this worker takes one of max_in_flight places (the client's)
         self._sends = ThreadPoolExecutor(max_workers=self.SENDING, thread_name_prefix="sync-send")
         self._sending: deque[Future[None]] = deque()
+        self._held: set[int] = set()  # ids of the jobs of the claims not yet finished
+        self._held_lock = threading.Lock()
         if getattr(client, "in_flight", None) is None and hasattr(client, "in_flight"):
             client.in_flight = InFlight(max(1, config.ehr.max_in_flight))
         hooks = getattr(getattr(client, "session", None), "hooks", None)
@@ -206,7 +208,7 @@ class SyncEngine:
             return self.store.claim(
                 worker=self.worker, run_id=run_id, limit=1 if probe else self.claim_size(),
                 lease_s=self.config.sync.lease_s, include_waiting=include_waiting and not probe,
-                now=self.clock(),
+                now=self.clock(), exclude=self._holding(),
             )
 
         jobs = claim()
@@ -220,6 +222,8 @@ class SyncEngine:
                 gate.record_success(self.store, actor=self.worker, now=self.clock())
             return 0
         summary.claimed += len(jobs)
+        held = {job.id for job in jobs}
+        self._hold(held)  # until its sends end, even if its lease runs out meanwhile
         lease = LeaseRenewal(self.store, [job.id for job in jobs], worker=self.worker,
                              lease_s=self.config.sync.lease_s,
                              every_s=self.config.sync.renew_every_s)
@@ -228,13 +232,26 @@ class SyncEngine:
             plans = self._prepare_claim(jobs, summary)
         except BaseException:
             lease.stop()
+            self._hold(held, release=True)
             raise
         while len(self._sending) >= self.SENDING:  # the oldest claim's sends end first
             self._sending.popleft().result()
-        self._sending.append(self._sends.submit(self._send_claim, plans, lease, mark, summary))
+        self._sending.append(self._sends.submit(self._send_claim, plans, lease, mark, held,
+                                                summary))
         if not pipelined or probe:
             self.finish_sending()
         return len(jobs)
+
+    def _hold(self, job_ids: set[int], *, release: bool = False) -> None:
+        with self._held_lock:
+            if release:
+                self._held -= job_ids
+            else:
+                self._held |= job_ids
+
+    def _holding(self) -> list[int]:
+        with self._held_lock:
+            return sorted(self._held)
 
     def finish_sending(self) -> None:
         """Wait for the claims still in flight (and raise what their sending raised)."""
@@ -242,7 +259,7 @@ class SyncEngine:
             self._sending.popleft().result()
 
     def _send_claim(self, plans: list[Plan], lease: LeaseRenewal, mark: tuple[int, int],
-                    summary: SyncSummary) -> None:
+                    held: set[int], summary: SyncSummary) -> None:
         """One claim's sends (a sending thread), then what the claim says about the EHR:
         answered, and no outage failure meanwhile, opens the EHR gate."""
         try:
@@ -255,6 +272,7 @@ class SyncEngine:
                     log.info("the EHR answers again: %d scheduled retries released", released)
         finally:
             lease.stop()
+            self._hold(held, release=True)
 
     def _prepare_claim(self, jobs: list[Job], summary: SyncSummary) -> list[Plan]:
         """Each claimed record decided on: a plan to send, or its outcome recorded now.

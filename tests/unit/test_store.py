@@ -453,6 +453,18 @@ def test_an_expired_lease_is_taken_again(store: Store) -> None:
     assert (last["actor"], last["state_from"], last["state_to"]) == ("w2", "in_flight", "in_flight")
 
 
+def test_a_worker_never_takes_again_the_jobs_it_says_it_still_works_on(store: Store) -> None:
+    """Pipelining: a worker claims while its earlier claim is still being sent; if that
+    claim's lease ran out meanwhile (a renewal starved on a loaded machine), the worker
+    must not take those jobs a second time (seen: a record sent twice by one worker)."""
+    store.add_records(many(3), actor=ACTOR)
+    held = claim(store, worker="w1", lease_s=5)
+    later = T0 + timedelta(seconds=6)
+    assert claim(store, worker="w1", now=later, exclude=[j.id for j in held]) == []
+    # another worker (or this one, once it has let them go) may take them
+    assert [j.id for j in claim(store, worker="w2", now=later)] == [j.id for j in held]
+
+
 def test_waiting_jobs_are_claimed_once_per_run(store: Store) -> None:
     waiting = sorted(WAITING_STATES)
     store.add_records(many(len(waiting)), actor=ACTOR)

@@ -147,3 +147,31 @@ def test_each_records_writes_still_go_one_after_another_in_stage_order(
         assert [order[t] for _, _, t in writes] == sorted(order[t] for _, _, t in writes), record
         for (_, ended, _), (started, _, _) in itertools.pairwise(writes):
             assert started > ended, record  # the next write after the previous answer
+
+
+def test_a_claim_whose_lease_ran_out_while_in_flight_is_not_taken_again_by_its_worker(
+        sqlite_store: Store, profile: Any, tmp_path: Path) -> None:
+    """The engine's clock jumps an hour at every reading, so at each claim every earlier
+    claim's lease has run out: the jobs still being sent must not be claimed (and sent)
+    a second time by the same worker."""
+    import itertools as it
+    from datetime import timedelta
+
+    from connector.store import utcnow
+
+    hours = it.count()
+    ehr = SlowEhr()
+    config = parse_config({"ehr": {"base_url": BASE, "mode": "single", "conditional": False,
+                                   "max_in_flight": 2}},
+                          path=tmp_path / "peersync.toml", environ={})
+    sqlite_store.add_records(_records(24), actor="t")
+    client = FhirClient(base_url=BASE, timeout_s=5, pool_maxsize=2)
+    engine = SyncEngine(store=sqlite_store, client=client, profile=profile, config=config,
+                        worker="test", clock=lambda: utcnow() + timedelta(hours=next(hours)))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add_callback(responses.GET, re.compile(rf"{BASE}/\w+\?.*"), callback=ehr.search)
+        rsps.add_callback(responses.POST, re.compile(rf"{BASE}/\w+$"), callback=ehr.create)
+        engine.run(max_wait_s=0)
+    client.close()
+    notes = [r for m, t, r, _, _ in ehr.log if (m, t) == ("POST", "DocumentReference")]
+    assert len(notes) == 24 and len(set(notes)) == 24  # each note sent once
