@@ -22,6 +22,10 @@ replayed. Every answer carries ``Connection: close`` (one request per
 connection: the client's keep-alive pool simply opens a new one), and request
 bodies are read by Content-Length.
 
+``slow_after_s`` (tests/reliability): count, as ``slow_answers``, every request the
+upstream took that long or longer to answer (no fault of ours: a loaded machine), and
+keep the slowest in ``slowest_s``.
+
 Two more knobs for the kill tests: ``delay_s`` slows every write (so a kill
 lands mid-send), and :meth:`FaultProxy.arm` pauses the n-th write before or
 after it is forwarded until :meth:`release`, so a test can kill the client at
@@ -35,6 +39,7 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+import time
 from collections import Counter
 from urllib.parse import urlsplit
 
@@ -60,6 +65,7 @@ class FaultProxy:
         delay_s: float = 0.0,
         delay_methods: frozenset[str] | set[str] = WRITE_METHODS,
         upstream_timeout_s: float = 60.0,
+        slow_after_s: float | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
@@ -76,6 +82,8 @@ class FaultProxy:
         self.delay_s = delay_s
         self.delay_methods = frozenset(m.upper() for m in delay_methods)
         self.upstream_timeout_s = upstream_timeout_s
+        self.slow_after_s = slow_after_s
+        self.slowest_s = 0.0
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Condition()
@@ -237,7 +245,9 @@ class FaultProxy:
         if self._pause_point(method, handler.path, "before"):
             self._hold()
             handler.reset()
+        sent = time.monotonic()
         status, headers, payload = self._forward(handler, body)
+        self._took(time.monotonic() - sent)
         if method in WRITE_METHODS:
             self._count("writes_applied")
         if self._pause_point(method, handler.path, "after"):
@@ -254,6 +264,12 @@ class FaultProxy:
                            b'"code":"timeout","diagnostics":"injected 504 after forwarding"}]}')
             return
         handler.answer(status, headers, payload)
+
+    def _took(self, seconds: float) -> None:
+        with self._lock:
+            self.slowest_s = max(self.slowest_s, seconds)
+            if self.slow_after_s is not None and seconds >= self.slow_after_s:
+                self.counts["slow_answers"] += 1
 
     def _forward(self, handler: ProxyHandler, body: bytes
                  ) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -287,14 +303,10 @@ class FaultProxy:
         Returns the thread that reopens the listener; :meth:`wait_outage_over` joins it.
         Call ``stop()`` only after the outage is over (or it ends it early).
         """
-        import time
-
         return self.refuse_until(time.monotonic() + seconds)
 
     def refuse_until(self, deadline: float) -> threading.Thread:
         """Refuse every connection until ``time.monotonic()`` reaches ``deadline``."""
-        import time
-
         with self._lock:
             if self._server is None or self._reopener is not None:
                 raise RuntimeError("not serving, or already in an outage")

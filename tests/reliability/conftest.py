@@ -1,5 +1,5 @@
-"""The reliability proof suite: the matrix of tests/reliability/harness.py, at the sizes
-that keep the default run within its budget (scripts/reliability.py --full runs it larger)."""
+"""The reliability proof suite: the matrix of tests/reliability/harness.py at the suite's
+sizes (runner.SIZES["suite"]; scripts/reliability.py --full runs it larger)."""
 
 from __future__ import annotations
 

@@ -8,22 +8,18 @@ behind a :class:`tests.faultproxy.FaultProxy`:
 
     connector -> FaultProxy -> [EhrEmulator] -> sekmet
 
-Three scenarios, one record generator and one checker for all of them:
+Here: the cells, the record generator, one cell's stack (:func:`stack`) and the one
+checker (:func:`check`) of all three scenarios (tests/reliability/scenarios.py:
+faults on a fifth of requests, a worker SIGKILLed at each step of a send, the EHR
+unreachable mid-sync). tests/reliability/runner.py runs cells side by side, each in
+its own process.
 
-- :func:`run_faults`: 20 % of all requests (reads and writes) fail: 5xx, 429 with
-  Retry-After, resets before and after the EHR applied the write, timeouts, 504
-  after applying; ``peersync sync`` runs in-process until nothing is left to send;
-- :func:`run_kills`: a ``peersync worker`` SIGKILLed at each step of a send (held at
-  the proxy before or after the EHR applied it), then a last worker drains the queue;
-- :func:`run_outage`: workers running, the proxy refuses every connection for a
-  while mid-sync (sekmet keeps running: it is in memory), then answers again.
-
-The checker (:func:`check`) counts on the upstream sekmet itself, read directly by
-FHIR search: every record's note exactly once (keyed by the session's start, which
-the generator makes unique, so it works where the EHR drops identifiers), no note
-rewritten, no Encounter, Provenance, Practitioner, Organization or Device made twice;
-every record ``synced`` in the store, none ``needs_attention``; nothing refused by
-the emulator; ``peersync audit verify`` exits 0.
+The checker counts on the upstream sekmet itself, read directly by FHIR search:
+every record's note exactly once (keyed by the session's start, which the generator
+makes unique, so it works where the EHR drops identifiers), no note rewritten, no
+Encounter, Provenance, Practitioner, Organization or Device made twice; every record
+``synced`` in the store, none ``needs_attention``; nothing refused by the emulator;
+``peersync audit verify`` exits 0.
 """
 
 from __future__ import annotations
@@ -31,10 +27,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,7 +47,6 @@ from tests.integration.test_durability import (
     PATIENTS,
     SPECIALISTS,
     UNSETTLED,
-    Workers,
     ehr_tally,
     fetch_all,
     seed,
@@ -183,7 +176,7 @@ class Stack:
 def stack(cell: Cell, workdir: Path, monkeypatch: pytest.MonkeyPatch, records: list[dict[str, Any]],
           *, database_url: str | None = None, hold_s: float = 1.5,
           ehr: dict[str, Any] | None = None, sync: dict[str, Any] | None = None,
-          ) -> Iterator[Stack]:
+          slow_after_s: float | None = None) -> Iterator[Stack]:
     """sekmet seeded as the agency's EHR, the emulator, the proxy (no faults yet), PeerSync
     initialised with the cell's preset and overrides, ``config check`` passed, the records
     imported. Everything is stopped on the way out."""
@@ -200,7 +193,7 @@ def stack(cell: Cell, workdir: Path, monkeypatch: pytest.MonkeyPatch, records: l
             stop.callback(st.emulator.stop)
             upstream = st.emulator.origin
         st.proxy = FaultProxy(upstream, seed=20261120, methods={"GET", "POST", "PUT"},
-                              hold_s=hold_s).start()
+                              hold_s=hold_s, slow_after_s=slow_after_s).start()
         stop.callback(_stop_proxy, st.proxy)
         db = database_url or f"sqlite:///{workdir / 'peersync.db'}"
         st.env = Env(workdir / "home", st.proxy.base_url, db, monkeypatch,
@@ -306,118 +299,3 @@ def assert_exactly_once(result: dict[str, Any]) -> None:
     assert result["lost"] == 0 and result["duplicates"] == 0, result
     assert result["refused"] == 0, result
     assert result["audit_verify"] == 0, result
-
-
-# -- worker processes ------------------------------------------------------------------
-
-@contextlib.contextmanager
-def worker_pool(st: Stack) -> Iterator[Workers]:
-    assert st.env is not None
-    pool = Workers(st.env.home, st.workdir / "logs")
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
-def wait_settled(st: Stack, timeout_s: float, pool: Workers | None = None) -> dict[str, int]:
-    """Poll the store until nothing is left to send (bounded); dead workers fail fast."""
-    assert st.env is not None
-    deadline = time.monotonic() + timeout_s
-    counts = store_counts(st.env)
-    while time.monotonic() < deadline:
-        counts = store_counts(st.env)
-        if not any(counts[s] for s in UNSETTLED):
-            return counts
-        if pool is not None:
-            dead = [p.returncode for p in pool.procs if p.poll() is not None
-                    and p.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM)]
-            assert not dead, (dead, pool.output())
-        time.sleep(0.25)
-    return counts
-
-
-# -- the scenarios ---------------------------------------------------------------------------
-
-def run_faults(cell: Cell, n: int, workdir: Path, monkeypatch: pytest.MonkeyPatch,
-               *, rate_scale: float = 1.0) -> dict[str, Any]:
-    """``n`` records, 20 % of requests faulted, ``peersync sync`` (in-process) until settled."""
-    records = make_records(n, f"f-{cell.name[:6]}")
-    with stack(cell, workdir, monkeypatch, records, ehr={"timeout_s": 1.0}) as st:
-        assert st.proxy is not None
-        st.proxy.set_faults(rates={k: v * rate_scale for k, v in FAULT_RATES.items()},
-                            max_faults=10 * n)
-        started = time.monotonic()
-        runs = 0
-        counts = store_counts(st.env)  # type: ignore[arg-type]
-        while runs < 8 and (runs == 0 or any(counts[s] for s in UNSETTLED)):
-            st.cli("sync", "--max-wait", "60", expect=None)  # exit 1 while records wait
-            runs += 1
-            counts = store_counts(st.env)  # type: ignore[arg-type]
-        elapsed = time.monotonic() - started
-        st.proxy.set_faults(max_faults=0)
-        result = check(st)
-        result.update(scenario="faults", cell=cell.name, faults=st.proxy.faults,
-                      requests=st.proxy.counts["requests"], sync_runs=runs, kills=0,
-                      outage_s=0, seconds=round(elapsed, 1))
-    return result
-
-
-def run_kills(cell: Cell, n: int, workdir: Path, monkeypatch: pytest.MonkeyPatch
-              ) -> dict[str, Any]:
-    """A worker SIGKILLed at each of the cell's kill points, then one drains the queue."""
-    records = make_records(n, f"k-{cell.name[:6]}")
-    kills: list[str] = []
-    with stack(cell, workdir, monkeypatch, records, ehr={"timeout_s": 10},
-               sync={"lease_s": 2, "renew_every_s": 0.5}) as st:
-        assert st.proxy is not None
-        proxy = st.proxy
-        proxy.delay_s = 0.01  # a slower EHR, so that a timed kill lands mid-send
-        started = time.monotonic()
-        with worker_pool(st) as pool:
-            for phase, nth, paths in cell.kills:
-                pool.kill_at(proxy, phase, nth, paths)
-                kills.append(f"{phase}:{'|'.join(paths) or 'any'}#{nth}")
-            assert store_counts(st.env)["synced"] < n, "the kills came too late"  # type: ignore
-            final = pool.start()
-            wait_settled(st, 120, pool)
-            final.send_signal(signal.SIGTERM)
-            assert final.wait(timeout=30) == 0, pool.output()
-        elapsed = time.monotonic() - started
-        result = check(st)
-        result.update(scenario="kills", cell=cell.name, faults={}, kills=len(kills),
-                      kill_points=kills, outage_s=0, seconds=round(elapsed, 1))
-    return result
-
-
-def run_outage(cell: Cell, n: int, workdir: Path, monkeypatch: pytest.MonkeyPatch,
-               *, outage_s: float, workers: int = 1, database_url: str | None = None
-               ) -> dict[str, Any]:
-    """Workers running; once a tenth of the records went out the EHR is unreachable
-    (connections refused at the proxy) for ``outage_s``; then it answers again."""
-    records = make_records(n, f"o-{cell.name[:6]}")
-    with stack(cell, workdir, monkeypatch, records, database_url=database_url,
-               ehr={"timeout_s": 5}, sync={"lease_s": 5, "renew_every_s": 1}) as st:
-        assert st.proxy is not None and st.env is not None
-        proxy = st.proxy
-        proxy.delay_s = 0.05  # a slower EHR, so that the outage lands mid-sync
-        started = time.monotonic()
-        with worker_pool(st) as pool:
-            for _ in range(workers):
-                pool.start()
-            deadline = time.monotonic() + 60
-            while (at := store_counts(st.env)["synced"]) < max(1, n // 10):
-                assert time.monotonic() < deadline, pool.output()
-                time.sleep(0.02)
-            proxy.outage(outage_s)
-            assert proxy.wait_outage_over(outage_s + 30)
-            counts = wait_settled(st, 60 + n / 5, pool)
-            for proc in pool.procs:
-                proc.send_signal(signal.SIGTERM)
-            codes = [proc.wait(timeout=30) for proc in pool.procs]
-        elapsed = time.monotonic() - started
-        result = check(st)
-        result.update(scenario="outage", cell=cell.name, faults={}, kills=0, outage_s=outage_s,
-                      synced_before_outage=at, workers=workers, worker_exits=codes,
-                      states_after=dict(counts), seconds=round(elapsed, 1))
-    return result
