@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from mappings.profile import Profile
 
 
+Params = dict[str, str] | list[tuple[str, str]]  # a search's parameters (names may repeat)
+
+
 class References:
     """Resolves one record's references; caches per run (cleared by :meth:`reset`).
 
@@ -54,7 +57,7 @@ class References:
         self._practitioners.clear()
         self._found.clear()
 
-    def _search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    def _search(self, resource_type: str, params: Params) -> list[dict[str, Any]]:
         """A search's matches: made ahead by :meth:`prefetch`, or now."""
         found = self._found.pop((resource_type, _query(params)), None)
         if found is not None:
@@ -71,13 +74,13 @@ class References:
         when its record is resolved (and fails there, by name). Returns the number
         of searches made."""
         self._found.clear()
-        searches: dict[tuple[str, str], dict[str, str]] = {}
+        searches: dict[tuple[str, str], Params] = {}
         for record in records:
             for resource_type, params in self._first_lookups(record):
                 searches.setdefault((resource_type, _query(params)), params)
         made = self._search_all(searches)
         if self.ctx.plan.encounter == "ehr":
-            encounters: dict[tuple[str, str], dict[str, str]] = {}
+            encounters: dict[tuple[str, str], Params] = {}
             for record in records:
                 wanted = self._encounter_lookup(record, encounter_known)
                 if wanted is not None:
@@ -85,10 +88,10 @@ class References:
             made += self._search_all(encounters)
         return made
 
-    def _first_lookups(self, record: EncounterRecord) -> list[tuple[str, dict[str, str]]]:
+    def _first_lookups(self, record: EncounterRecord) -> list[tuple[str, Params]]:
         from mappings.resources import NPI, mrn_identifier, search_token, staff_identifier
 
-        lookups: list[tuple[str, dict[str, str]]] = []
+        lookups: list[tuple[str, Params]] = []
         mrn = record.participant.mrn
         if mrn and mrn not in self._patients and not self._patient_link(record):
             lookups.append(("Patient", {"identifier": search_token(
@@ -107,7 +110,7 @@ class References:
         return lookups
 
     def _encounter_lookup(self, record: EncounterRecord,
-                          known: Callable[[EncounterRecord], bool]) -> dict[str, str] | None:
+                          known: Callable[[EncounterRecord], bool]) -> Params | None:
         patient = self._patients.get(record.participant.mrn or "") \
             or (f"Patient/{link}" if (link := self._patient_link(record)) else None)
         if not isinstance(patient, str) or known(record) \
@@ -115,7 +118,7 @@ class References:
             return None
         return _encounter_params(record, patient)
 
-    def _search_all(self, searches: dict[tuple[str, str], dict[str, str]]) -> int:
+    def _search_all(self, searches: dict[tuple[str, str], Params]) -> int:
         if not searches:
             return 0
         keys = list(searches)
@@ -123,7 +126,7 @@ class References:
         slots = getattr(self.ctx.client, "in_flight", None)
         first = getattr(slots, "urgent", contextlib.nullcontext)
 
-        def one(resource_type: str, params: dict[str, str]) -> list[dict[str, Any]] | None:
+        def one(resource_type: str, params: Params) -> list[dict[str, Any]] | None:
             try:
                 with first():  # the planning waits on these: ahead of queued writes
                     return self.ctx.client.search(resource_type, params)
@@ -362,14 +365,18 @@ def ensure_agency(store: Store, client: FhirClient, profile: Profile, plan: Writ
     return refs[0], refs[1]
 
 
-def _encounter_params(record: EncounterRecord, patient_ref: str) -> dict[str, str]:
-    """The search for the EHR's Encounters that may be this session's."""
+def _encounter_params(record: EncounterRecord, patient_ref: str) -> Params:
+    """The search for the EHR's Encounters that may be this session's: the patient's, over
+    the session's days and one either side (dates only: Epic searches periods by date), so
+    a patient with years of visits is not paged through for every note."""
     day_before = (record.start - timedelta(days=1)).date().isoformat()
-    return {"subject": patient_ref, "date": f"ge{day_before}"}
+    day_after = (record.end + timedelta(days=1)).date().isoformat()
+    return [("subject", patient_ref), ("date", f"ge{day_before}"), ("date", f"le{day_after}")]
 
 
-def _query(params: dict[str, str]) -> str:
-    return "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+def _query(params: Params) -> str:
+    pairs = params.items() if isinstance(params, dict) else params
+    return "&".join(f"{k}={v}" for k, v in sorted(pairs))
 
 
 def overlaps(period: dict[str, Any], record: EncounterRecord) -> bool:

@@ -175,3 +175,18 @@ def test_a_claim_whose_lease_ran_out_while_in_flight_is_not_taken_again_by_its_w
     client.close()
     notes = [r for m, t, r, _, _ in ehr.log if (m, t) == ("POST", "DocumentReference")]
     assert len(notes) == 24 and len(set(notes)) == 24  # each note sent once
+
+
+def test_the_ehr_encounter_look_up_is_bounded_to_the_sessions_days() -> None:
+    """Where the EHR owns the Encounters, a note's look-up asks for the patient's
+    Encounters from the day before the session to the day after (dates only, as Epic
+    takes them), not every later one (a long history was paged through for every note)."""
+    from connector.sync.resolve import _encounter_params
+
+    record = _records(1)[0]
+    params = _encounter_params(record, "Patient/p-1")
+    start, end = record.start.date(), record.end.date()
+    assert ("subject", "Patient/p-1") in params
+    dates = sorted(v for k, v in params if k == "date")
+    assert dates == [f"ge{start.fromordinal(start.toordinal() - 1).isoformat()}",
+                     f"le{end.fromordinal(end.toordinal() + 1).isoformat()}"]
