@@ -284,8 +284,13 @@ class SyncEngine:
             entries = ledgers[(record.source, record.id)]
             return any(e.resource_type == "Encounter" and e.ehr_id for e in entries)
 
+        def may_look_up(record: EncounterRecord) -> bool:
+            # a Part 2 record's participant is looked up only once consent is active
+            return not record.part2 or \
+                self.store.consent_status(record.source, record.participant.id) == "active"
+
         self.refs.prefetch([records[job.record_version_id] for job in jobs
-                            if not records[job.record_version_id].part2], encounter_known)
+                            if may_look_up(records[job.record_version_id])], encounter_known)
         plans: list[Plan] = []
         for job in jobs:
             record = records[job.record_version_id]
