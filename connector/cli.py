@@ -4,13 +4,15 @@ Exit codes: 0 success; 1 some records were rejected or did not reach the EHR;
 2 bad usage or configuration (click's own usage errors are 2 as well).
 
 ``main`` and the record commands (import, map, status) live here, with serve and
-demo; the command groups are registered from their own modules: connector/cli_setup.py
-(init, config, db), connector/cli_sync.py (sync, worker, retry, link, consent),
+demo; the command groups come from their own modules, each imported when one of
+its commands is looked up (LAZY_COMMANDS): connector/cli_setup.py (init, config,
+db), connector/cli_sync.py (sync, worker, retry, link, consent),
 connector/audit_cli.py and connector/accounts_cli.py.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -20,22 +22,63 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 import click
 
-from connector import cli_setup, cli_sync
-from connector.accounts_cli import token_group, user_group
-from connector.audit_cli import audit_group
 from connector.cli_common import EXIT_CONFIG, EXIT_FAILED, CliError, open_store, wiring
 from connector.config import CONFIG_NAME, home, valid_source
 from connector.errors import ConnectorError, EhrError
-from connector.progress import CountingReader, Progress, file_size
 from connector.states import ALL_STATES, JobState
 
 if TYPE_CHECKING:
+    from connector.progress import Progress
     from mappings.profile import Profile
 
 __all__ = ["CONFIG_NAME", "EXIT_CONFIG", "EXIT_FAILED", "CliError", "EhrError", "main"]
 
 
-@click.group()
+# The command groups of their own modules, each imported when one of its commands is
+# looked up (run, or listed by --help): `peersync status` imports none of them.
+LAZY_COMMANDS = {
+    "init": "connector.cli_setup:init",
+    "config": "connector.cli_setup:config_group",
+    "db": "connector.cli_setup:db",
+    "sync": "connector.cli_sync:sync",
+    "worker": "connector.cli_sync:worker",
+    "retry": "connector.cli_sync:retry",
+    "link": "connector.cli_sync:link",
+    "consent": "connector.cli_sync:consent",
+    "audit": "connector.audit_cli:audit_group",
+    "user": "connector.accounts_cli:user_group",
+    "token": "connector.accounts_cli:token_group",
+}
+
+
+class _Commands(dict[str, click.Command]):
+    """A group's commands; one of LAZY_COMMANDS is imported on its first look-up."""
+
+    def __missing__(self, name: str) -> click.Command:
+        if name not in LAZY_COMMANDS:
+            raise KeyError(name)
+        module, attribute = LAZY_COMMANDS[name].split(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        self[name] = command
+        return command
+
+
+class _LazyGroup(click.Group):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _Commands(self.commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        try:
+            return self.commands[cmd_name]
+        except KeyError:
+            return None
+
+
+@click.group(cls=_LazyGroup)
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
 @click.version_option(package_name="peersync")
 def main(verbose: int) -> None:
@@ -48,11 +91,6 @@ def main(verbose: int) -> None:
     from connector.logging_setup import install as redact_logs
 
     redact_logs()  # library records too: urllib3's "Retrying ... Patient?identifier=..."
-
-
-for _command in (cli_setup.init, cli_setup.config_group, cli_setup.db, *cli_sync.COMMANDS,
-                audit_group, user_group, token_group):
-    main.add_command(_command)
 
 
 def _accepted(results: Iterator[Any], counts: dict[str, int], bar: Progress) -> Iterator[Any]:
@@ -82,6 +120,7 @@ def _accepted(results: Iterator[Any], counts: dict[str, int], bar: Progress) -> 
 def import_(source: str | None, fmt: str | None, files: tuple[Path, ...]) -> None:
     """Validate records and queue them for the EHR. Prints counts and every error."""
     from connector.intake import iter_records
+    from connector.progress import CountingReader, Progress, file_size
 
     config = wiring().config
     source = source or config.default_source
@@ -232,8 +271,10 @@ def _would_wait(record: Any, profile: Profile) -> str | None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: state -> count.")
 def status(as_json: bool) -> None:
     """Count records by sync state."""
+    from connector.dashboard_figures import state_counts
+
     store = open_store()
-    counts = store.counts_by_state()
+    counts = state_counts(store)  # from the state index: no pass over the synced jobs
     if as_json:
         click.echo(json.dumps(counts))
         return

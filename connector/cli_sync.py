@@ -11,7 +11,6 @@ import click
 
 from connector.cli_common import EXIT_FAILED, open_client, open_store, wiring
 from connector.errors import ConnectorError, EhrError
-from connector.progress import Progress
 from connector.states import ALL_STATES, WAITING_STATES, JobState
 
 if TYPE_CHECKING:
@@ -28,6 +27,8 @@ if TYPE_CHECKING:
 )
 def sync(max_wait: float | None) -> None:
     """Send every pending record to the EHR and print a summary."""
+    from connector.progress import Progress
+
     wired = wiring()
     config = wired.config
     store = open_store()

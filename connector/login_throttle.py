@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.schema import login_throttle
 
@@ -94,6 +93,10 @@ def settle(conn: Connection, keys: dict[str, int]) -> None:
 def _locked_rows(store: Store, conn: Connection, keys: list[str], *, now: datetime
                  ) -> dict[str, tuple[int, datetime]]:
     """Each key's (failures, last failure), its row created if missing and locked."""
+    # the dialects' INSERT ... ON CONFLICT, imported here: every CLI command imports this
+    # module (through connector.accounts), and only a login needs them
+    from sqlalchemy.dialects import postgresql, sqlite
+
     dialect: Any = postgresql if store.dialect == "postgresql" else sqlite
     conn.execute(
         dialect.insert(login_throttle).on_conflict_do_nothing(index_elements=["key"]),

@@ -13,143 +13,42 @@ on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, case, func, literal, or_, select
 
+# the dashboard and the records listing live in modules of their own; imported from here too
+from connector.dashboard_figures import FAILED_STATES as FAILED_STATES
+from connector.dashboard_figures import QUEUED_STATES as QUEUED_STATES
+from connector.dashboard_figures import Dashboard as Dashboard
+from connector.dashboard_figures import dashboard as dashboard
+from connector.dashboard_figures import state_counts as state_counts
+from connector.dashboard_figures import synced_per_day as synced_per_day
+from connector.record_listing import RecordQuery as RecordQuery
+from connector.record_listing import RecordsPage as RecordsPage
+from connector.record_listing import count_records as count_records
+from connector.record_listing import filter_choices as filter_choices
+from connector.record_listing import list_records as list_records
+from connector.record_listing import records_page as records_page
+from connector.report_rows import aware, like_pattern, row_dict, utc
 from connector.schema import audit_events, consents, jobs, record_versions, specialists
-from connector.states import ALL_STATES, WAITING_STATES, JobState
+from connector.states import ALL_STATES, JobState
 
 if TYPE_CHECKING:
     from connector.store import Store
 
 rv = record_versions
 
-QUEUED_STATES = (
-    JobState.PENDING.value,
-    JobState.IN_FLIGHT.value,
-    JobState.RETRY_SCHEDULED.value,
-    JobState.UNKNOWN.value,
-)
-FAILED_STATES = (JobState.NEEDS_ATTENTION.value,)
 # Seconds from a record version's acceptance to its arrival in the EHR.
 LATENCY_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
 
-_TIME_COLUMNS = ("updated_at", "synced_at", "created_at", "start_at", "received_at", "at",
-                 "next_attempt_at", "first_start", "last_start", "oldest", "updated")
 
-
-def aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _row(mapping: Any) -> dict[str, Any]:
-    out = dict(mapping)
-    for key in _TIME_COLUMNS:
-        if isinstance(out.get(key), datetime):
-            out[key] = aware(out[key])
-    return out
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-# -- records ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RecordQuery:
-    """Filters for the records listing. Times are bounds on the encounter's start."""
-
-    state: str | None = None
-    specialist_id: str | None = None
-    source: str | None = None
-    since: datetime | None = None  # start >= since
-    until: datetime | None = None  # start < until
-    text: str | None = None  # in the reason (and, if allowed, the EHR's OperationOutcome text)
-    search_outcome_text: bool = True
-
-
-def _listing() -> Select[Any]:
-    return select(
-        jobs.c.id,
-        jobs.c.source,
-        jobs.c.record_id,
-        jobs.c.state,
-        jobs.c.attempts,
-        jobs.c.reason,
-        jobs.c.created_at,
-        jobs.c.updated_at,
-        jobs.c.synced_at,
-        jobs.c.record_version_id,
-        rv.c.participant_id,
-        rv.c.specialist_id,
-        rv.c.note_id,
-        rv.c.note_version,
-        rv.c.status,
-        rv.c.part2,
-        rv.c.start_at,
-        rv.c.documentation_minutes,
-    ).join(rv, rv.c.id == jobs.c.record_version_id)
-
-
-def _filtered(query: Select[Any], q: RecordQuery) -> Select[Any]:
-    if q.state:
-        query = query.where(jobs.c.state == q.state)
-    if q.specialist_id:
-        query = query.where(rv.c.specialist_id == q.specialist_id)
-    if q.source:
-        query = query.where(jobs.c.source == q.source)
-    if q.since:
-        query = query.where(rv.c.start_at >= _utc(q.since))
-    if q.until:
-        query = query.where(rv.c.start_at < _utc(q.until))
-    if q.text:
-        pattern = _like(q.text)
-        where: Any = jobs.c.reason.ilike(pattern, escape="\\")
-        if q.search_outcome_text:
-            where = or_(where, jobs.c.outcome_text.ilike(pattern, escape="\\"))
-        query = query.where(where)
-    return query
-
-
-def list_records(store: Store, q: RecordQuery, *, limit: int = 50, offset: int = 0
-                 ) -> list[dict[str, Any]]:
-    """One row per record version (its outbox job), newest first: ids, states, reasons."""
-    query = _filtered(_listing(), q).order_by(jobs.c.id.desc()).limit(limit).offset(offset)
-    with store.engine.connect() as conn:
-        return [_row(row._mapping) for row in conn.execute(query)]
-
-
-def count_records(store: Store, q: RecordQuery) -> int:
-    query = _filtered(
-        select(func.count()).select_from(jobs.join(rv, rv.c.id == jobs.c.record_version_id)), q
-    )
-    with store.engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())
-
-
-def filter_choices(store: Store) -> tuple[list[str], list[str]]:
-    """The sources and the staff ids that have records (for filter drop-downs)."""
-    with store.engine.connect() as conn:
-        sources = list(conn.execute(select(rv.c.source).distinct().order_by(rv.c.source))
-                       .scalars())
-        staff = list(conn.execute(select(rv.c.specialist_id).distinct()
-                                  .order_by(rv.c.specialist_id)).scalars())
-    return sources, staff
+# -- records (the listing: connector.record_listing) ----------------------------------
 
 
 @dataclass
@@ -200,15 +99,19 @@ def record_detail(store: Store, job_id: int) -> RecordDetail | None:
         row = conn.execute(query).first()
         if row is None:
             return None
-        job = _row(row._mapping)
-        versions = [_row(r._mapping) for r in conn.execute(
+        job = row_dict(row._mapping)
+        versions = [row_dict(r._mapping) for r in conn.execute(
             select(jobs.c.id, jobs.c.state, jobs.c.created_at, jobs.c.synced_at,
                    rv.c.note_version, rv.c.status, rv.c.content_hash)
             .join(rv, rv.c.id == jobs.c.record_version_id)
             .where(jobs.c.source == job["source"], jobs.c.record_id == job["record_id"])
             .order_by(jobs.c.id))]
-        events = [_row(r._mapping) for r in conn.execute(
-            select(audit_events).where(audit_events.c.job_id == job_id)
+        # every event of a job carries its source and record id (Store.audit): the
+        # (source, record_id) index finds them among a large log; job_id picks this version's
+        events = [row_dict(r._mapping) for r in conn.execute(
+            select(audit_events).where(audit_events.c.source == job["source"],
+                                       audit_events.c.record_id == job["record_id"],
+                                       audit_events.c.job_id == job_id)
             .order_by(audit_events.c.seq))]
     outcome_text = job.pop("outcome_text", None)
     return RecordDetail(job=job, outcome_text=outcome_text, versions=versions, events=events)
@@ -228,7 +131,7 @@ def record_states(store: Store, source: str, record_ids: Sequence[str]
              .order_by(jobs.c.id))
     with store.engine.connect() as conn:
         for row in conn.execute(query):
-            out[row.record_id].append(_row(row._mapping))
+            out[row.record_id].append(row_dict(row._mapping))
     return out
 
 
@@ -248,7 +151,7 @@ def waiting_participants(store: Store) -> list[dict[str, Any]]:
         .order_by(func.min(rv.c.start_at))
     )
     with store.engine.connect() as conn:
-        return [_row(row._mapping) for row in conn.execute(query)]
+        return [row_dict(row._mapping) for row in conn.execute(query)]
 
 
 def waiting_specialists(store: Store) -> list[dict[str, Any]]:
@@ -263,7 +166,7 @@ def waiting_specialists(store: Store) -> list[dict[str, Any]]:
         .order_by(func.min(rv.c.start_at))
     )
     with store.engine.connect() as conn:
-        rows = [_row(row._mapping) for row in conn.execute(query)]
+        rows = [row_dict(row._mapping) for row in conn.execute(query)]
         if rows:
             known = dict(conn.execute(
                 select(specialists.c.specialist_id, specialists.c.payload).where(
@@ -292,64 +195,10 @@ def held_records(store: Store, state: JobState, *, limit: int = 500) -> list[dic
         .limit(limit)
     )
     with store.engine.connect() as conn:
-        return [_row(row._mapping) for row in conn.execute(query)]
+        return [row_dict(row._mapping) for row in conn.execute(query)]
 
 
-# -- the dashboard ---------------------------------------------------------------------
-
-
-@dataclass
-class Dashboard:
-    counts: dict[str, int]
-    queue_depth: int
-    needs_attention: int
-    waiting: int
-    last_synced_at: datetime | None
-    oldest_waiting: dict[str, Any] | None
-    synced_per_day: list[tuple[date, int]] = field(default_factory=list)
-
-
-def dashboard(store: Store, *, tz: ZoneInfo, days: int = 14,
-              now: datetime | None = None) -> Dashboard:
-    counts = store.counts_by_state()
-    now = now or datetime.now(UTC)
-    waiting = [s.value for s in WAITING_STATES]
-    with store.engine.connect() as conn:
-        last = conn.execute(select(func.max(jobs.c.synced_at))).scalar_one_or_none()
-        oldest = conn.execute(
-            select(jobs.c.id, jobs.c.source, jobs.c.record_id, jobs.c.state, jobs.c.reason,
-                   jobs.c.created_at)
-            .where(jobs.c.state.in_(waiting))
-            .order_by(jobs.c.created_at, jobs.c.id).limit(1)
-        ).first()
-    return Dashboard(
-        counts=counts,
-        queue_depth=sum(counts[s] for s in QUEUED_STATES),
-        needs_attention=sum(counts[s] for s in FAILED_STATES),
-        waiting=sum(counts[s] for s in waiting),
-        last_synced_at=aware(last),
-        oldest_waiting=_row(oldest._mapping) if oldest else None,
-        synced_per_day=synced_per_day(store, tz=tz, days=days, now=now),
-    )
-
-
-def synced_per_day(store: Store, *, tz: ZoneInfo, days: int = 14,
-                   now: datetime | None = None) -> list[tuple[date, int]]:
-    """Record versions that reached the EHR per local day, the last ``days`` days, oldest first."""
-    now = now or datetime.now(UTC)
-    today = now.astimezone(tz).date()
-    first = today - timedelta(days=days - 1)
-    since = datetime.combine(first, datetime.min.time(), tz).astimezone(UTC)
-    per_day: Counter[date] = Counter()
-    with store.engine.connect() as conn:
-        for (synced_at,) in conn.execute(
-            select(jobs.c.synced_at).where(jobs.c.synced_at >= since)
-            .execution_options(yield_per=5000)
-        ):
-            moment = aware(synced_at)
-            assert moment is not None
-            per_day[moment.astimezone(tz).date()] += 1
-    return [(first + timedelta(days=i), per_day[first + timedelta(days=i)]) for i in range(days)]
+# -- the dashboard: connector.dashboard_figures ------------------------------------------
 
 
 # -- documentation time ------------------------------------------------------------------
@@ -445,16 +294,16 @@ class AuditQuery:
 
 def _audit_filtered(query: Select[Any], q: AuditQuery) -> Select[Any]:
     if q.since:
-        query = query.where(audit_events.c.at >= _utc(q.since))
+        query = query.where(audit_events.c.at >= utc(q.since))
     if q.until:
-        query = query.where(audit_events.c.at < _utc(q.until))
+        query = query.where(audit_events.c.at < utc(q.until))
     if q.actor:
         actor = q.actor.strip()
         if actor.endswith("*"):
             query = query.where(audit_events.c.actor.like(
-                _like(actor[:-1])[1:], escape="\\"))
+                like_pattern(actor[:-1])[1:], escape="\\"))
         elif actor.endswith(":"):
-            query = query.where(audit_events.c.actor.like(_like(actor)[1:], escape="\\"))
+            query = query.where(audit_events.c.actor.like(like_pattern(actor)[1:], escape="\\"))
         else:
             query = query.where(audit_events.c.actor == actor)
     if q.record_id:
@@ -473,7 +322,7 @@ def audit_page(store: Store, q: AuditQuery, *, limit: int = 100, before_seq: int
         query = query.where(audit_events.c.seq < before_seq)
     query = query.order_by(audit_events.c.seq.desc()).limit(limit)
     with store.engine.connect() as conn:
-        return [_row(row._mapping) for row in conn.execute(query)]
+        return [row_dict(row._mapping) for row in conn.execute(query)]
 
 
 def audit_actions(store: Store) -> list[str]:

@@ -66,7 +66,9 @@ record_versions = Table(
     UniqueConstraint("source", "record_id", "content_hash", name="uq_record_versions_content"),
 )
 Index("ix_record_versions_key", record_versions.c.source, record_versions.c.record_id)
-Index("ix_record_versions_specialist", record_versions.c.specialist_id)
+# (migration 0007) a specialist's versions and a date range's, read from the index alone
+Index("ix_record_versions_specialist_id", record_versions.c.specialist_id, record_versions.c.id)
+Index("ix_record_versions_start", record_versions.c.start_at, record_versions.c.id)
 
 jobs = Table(
     "jobs",
@@ -96,6 +98,16 @@ jobs = Table(
 )
 Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
 Index("ix_jobs_key", jobs.c.source, jobs.c.record_id)
+# (migration 0007) the admin pages on a large store: a state's jobs newest first and the
+# counts by state; each waiting state's oldest; the last syncs; on PostgreSQL, a version's
+# job id from an index. Two partial indexes, made by the migration only (declaring them
+# here would load both SQL dialects into every command): ix_jobs_reason_set on
+# (reason, id) WHERE reason IS NOT NULL and ix_jobs_outcome_set on (id) WHERE
+# outcome_text IS NOT NULL, for the error-text search.
+Index("ix_jobs_state_id", jobs.c.state, jobs.c.id)
+Index("ix_jobs_state_created", jobs.c.state, jobs.c.created_at, jobs.c.id)
+Index("ix_jobs_synced_at", jobs.c.synced_at)
+Index("ix_jobs_version_job", jobs.c.record_version_id, jobs.c.id).ddl_if(dialect="postgresql")
 
 ledger = Table(
     "ledger",

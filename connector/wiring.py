@@ -70,7 +70,7 @@ class Wiring:
         return self._plan
 
     def store(self, *, check_schema: bool = True) -> Store:
-        from connector.audit import load_audit_key
+        from connector.audit_key import load_audit_key
         from connector.store import Store
 
         key = load_audit_key(self.config.folder, self.config.audit_key_file, os.environ)

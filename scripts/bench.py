@@ -5,6 +5,8 @@
     .venv/bin/python scripts/bench.py sync 500 --mode single
     .venv/bin/python scripts/bench.py sync 300 --preset epic   # through the Epic emulator
     .venv/bin/python scripts/bench.py backfill [--n N] [--quick] [--json]   # issue 9
+    .venv/bin/python scripts/bench.py pages [--records N] [--audit N] [--db both] [--json]
+                                            [--requests N] [--settle S]
 
 `import` generates N records (JSON Lines) and times `peersync import` into a
 fresh SQLite store; `sync` starts a local sekmet (in memory), seeds the sample
@@ -17,10 +19,21 @@ process's peak RSS.
 script, `peersync import`/`sync` on SQLite and PostgreSQL, mapping alone,
 us-core-notes single mode through 50/100/200 ms of latency, 1 vs 2 workers on
 PostgreSQL): see scripts/benchlib/backfill.py. Default sizes: 1,000 record
-versions for the throughput phases, 40 per latency, 96 for the worker runs
-(about 2-3 minutes; `--n N`: N, N/25, N/10); `--quick` is a ~20-30-second smoke
-run (40, 6 at 50 ms only, 32 with the workers at 50 ms); `--json` prints one
+versions for the throughput phases, per latency and for the worker runs
+(about 5 minutes; `--n N`: N for each); `--quick` is a ~20-30-second smoke
+run (40, 16 at 50 ms only, 64 with the workers at 50 ms); `--json` prints one
 JSON object on stdout (progress goes to stderr).
+
+`pages` is issue 9's admin-page benchmark: a fresh migrated store per database
+(SQLite; PostgreSQL in a database of its own), bulk-seeded with `--records`
+record versions (default 200,000) and `--audit` audit rows (default 1,000,000;
+the audit chain does not verify), then p50/p95/max of the dashboard and the
+records page (default view and its filters) over `--requests` requests each
+(default 30; Flask test client in-process, logged in), and the wall time of
+`peersync status [--json]` as a subprocess (median of 5): see
+scripts/benchlib/pages.py. Before each view it waits up to `--settle` seconds
+(default 60) for a quiet CPU (Linux PSI), recording the pressure with each
+figure. Seeding 200k + 1M takes a few minutes per database.
 """
 
 from __future__ import annotations
@@ -143,7 +156,25 @@ def main_() -> None:
                       help="a PostgreSQL server where a database of our own is created "
                            "and dropped (skipped when unreachable)")
     fill.add_argument("--keep", action="store_true", help="keep the working folder (logs)")
+    pages = sub.add_parser("pages", help="dashboard, records page and status on a large store")
+    pages.add_argument("--records", type=int, default=200_000, help="record versions")
+    pages.add_argument("--audit", type=int, default=1_000_000, help="audit rows")
+    pages.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    pages.add_argument("--requests", type=int, default=30, help="requests per view")
+    pages.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    pages.add_argument("--pg-url", default=fill.get_default("pg_url"),
+                       help="a PostgreSQL server where a database of our own is created "
+                            "and dropped")
+    pages.add_argument("--keep", action="store_true", help="keep the working folder")
+    pages.add_argument("--settle", type=float, default=60.0,
+                       help="seconds to wait, before each view, for a quiet CPU (default 60; "
+                            "0: measure at once)")
     args = parser.parse_args()
+    if args.what == "pages":
+        from scripts.benchlib import pages as pages_bench
+
+        raise SystemExit(pages_bench.main(args.records, args.audit, args.db, args.requests,
+                                          args.json, args.pg_url, args.keep, args.settle))
     if args.what == "backfill":
         from scripts.benchlib import backfill
 

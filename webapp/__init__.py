@@ -271,9 +271,31 @@ def get_store() -> Any:
             config = peersync_config()
             key = load_audit_key(config.folder, config.audit_key_file, os.environ)
             store = Store.from_url(config.database_url, audit_key=key)
+            _serial_queries(store.engine)
             current_app.extensions["peersync_store"] = store
         g.store = store
     return g.store
+
+
+def _serial_queries(engine: Any) -> None:
+    """PostgreSQL: no parallel workers for the app's queries.
+
+    A page's queries read indexes: a few thousand entries, or one pass over an
+    index for the counts by state. Parallel workers cost more to start than they save
+    there, and on a small host they take the cores the app's own processes need:
+    on 2 cores with a 200,000-record store, the counts by state took 20-27 ms with
+    them and 14 ms without, a month's records 21 ms and 8 ms (issue 9;
+    scripts/bench.py pages). Only the web app's sessions.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_parallel_workers(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
+        dbapi_conn.commit()
 
 
 def close_app(app: Flask) -> None:

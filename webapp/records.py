@@ -19,8 +19,9 @@ from connector.reports import (
     RecordQuery,
     count_records,
     filter_choices,
-    list_records,
     record_detail,
+    records_page,
+    state_counts,
 )
 from connector.states import ALL_STATES, JobState
 from webapp import get_store, params, peersync_config
@@ -66,25 +67,30 @@ def index() -> str:
         text=args["q"][:200] or None,
         search_outcome_text=user.sees_phi,
     )
+    # pages by cursor (the pager's links: ?before= / ?after= a job id); ?page=N still works
     page = params.page_arg()
-    size = 50
+    before, after = params.cursor_arg("before"), params.cursor_arg("after")
     store = get_store()
-    rows = list_records(store, query, limit=size + 1, offset=(page - 1) * size)
+    counts = state_counts(store) if user.role != "specialist" else None
+    listing = records_page(store, query, size=50, before=before, after=after, page=page)
     sources, staff = filter_choices(store)
     if user.role == "specialist":
         staff = [user.specialist_id or ""]
+    filters = {k: v for k, v in args.items() if v}
     return render_template(
         "records.html",
-        rows=rows[:size],
-        has_next=len(rows) > size,
-        page=page,
-        total=count_records(store, query),
+        rows=listing.rows,
+        # the pager's links: these filters and a cursor
+        newer=dict(filters, **listing.newer) if listing.newer else None,
+        older=dict(filters, **listing.older) if listing.older else None,
+        # a state's total is its count above; a search's came with its first page
+        total=listing.total if listing.total is not None else count_records(store, query, counts),
         args=args,
-        filters={k: v for k, v in args.items() if v},
+        filters=filters,
         states=ALL_STATES,
         sources=sources,
         staff=staff,
-        counts=store.counts_by_state() if user.role != "specialist" else None,
+        counts=counts,
         # kept for the first page's template and its tests
         state=args["state"] or None,
     )

@@ -14,7 +14,7 @@ from sqlalchemy import (
     update,
 )
 
-from connector.audit import append as append_audit
+from connector.audit_chain import append as append_audit
 from connector.schema import (
     consents,
     jobs,

@@ -21,8 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from connector.audit import DEVELOPMENT_KEY
-from connector.audit import append as append_audit
+from connector.audit_chain import append as append_audit
+from connector.audit_key import DEVELOPMENT_KEY
 from connector.schema import (
     audit_chain_head,
     audit_events,

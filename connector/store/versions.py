@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from connector.audit import append as append_audit
+from connector.audit_chain import append as append_audit
 from connector.records import EncounterRecord
 from connector.schema import (
     jobs,
