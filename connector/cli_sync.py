@@ -103,6 +103,11 @@ def worker(poll: float, rescan: float) -> None:
     totals: dict[str, int] = {}
     with open_client() as client:
         engine = _engine(store, client, name)
+        # A long-running worker loads the mapping (the FHIR models, about 2 s of imports)
+        # now, not while the first records it claims wait.
+        import mappings.notes  # noqa: F401
+        import mappings.resources  # noqa: F401
+
         click.echo(f"{name}: syncing to {config.ehr.base_url} "
                    f"(preset {engine.plan.preset.name}, {engine.plan.mode} mode)")
         while not stop.is_set():

@@ -279,3 +279,17 @@ ehr_rate_limit = Table(
     Column("tokens", Float, nullable=False),  # left after the last take, as of refilled_at
     Column("refilled_at", Float, nullable=False),  # Unix time of the last take (never goes back)
 )
+
+# -- EHR look-ups shared by every worker (connector.sync.resolve) ---------------
+# A unique search match (today: an MRN's Patient) found by one worker, reused by
+# the others for ``[sync] match_reuse_s``: two workers of a back-fill otherwise
+# search the same participants each. The search is kept as a SHA-256 of its query
+# (no MRN in this table); a row is a cache entry, never a link an admin made.
+ehr_matches = Table(
+    "ehr_matches",
+    metadata,
+    Column("resource_type", String(24), primary_key=True),
+    Column("query_sha256", String(64), primary_key=True),
+    Column("ehr_id", String(128), nullable=False),
+    Column("found_at", DateTime(timezone=True), nullable=False),
+)

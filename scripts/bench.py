@@ -156,6 +156,9 @@ def main_() -> None:
                       help="a PostgreSQL server where a database of our own is created "
                            "and dropped (skipped when unreachable)")
     fill.add_argument("--keep", action="store_true", help="keep the working folder (logs)")
+    fill.add_argument("--phases", default="all",
+                      help="a comma list of what to run: floor, naive, sqlite, postgresql, "
+                           "latency, workers (default all; the ratios need their phases)")
     pages = sub.add_parser("pages", help="dashboard, records page and status on a large store")
     pages.add_argument("--records", type=int, default=200_000, help="record versions")
     pages.add_argument("--audit", type=int, default=1_000_000, help="audit rows")
@@ -178,7 +181,8 @@ def main_() -> None:
     if args.what == "backfill":
         from scripts.benchlib import backfill
 
-        raise SystemExit(backfill.main(args.n, args.quick, args.pg_url, args.json, args.keep))
+        raise SystemExit(backfill.main(args.n, args.quick, args.pg_url, args.json, args.keep,
+                                       args.phases))
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "import":
             bench_import(args.n, Path(tmp))

@@ -28,6 +28,9 @@ class SyncConfig:
     probe_every_s: float = 5.0
     probe_max_s: float = 60.0
     outage_after_failures: int = 3  # 5xx/timeouts in a row that close the gate
+    # an MRN's unique Patient match one worker found is reused by every worker for this
+    # long (0: each worker searches for itself, once per run)
+    match_reuse_s: float = 600.0
 
 
 def parse_sync(table: dict[str, Any], path: Path) -> SyncConfig:
@@ -48,6 +51,7 @@ def parse_sync(table: dict[str, Any], path: Path) -> SyncConfig:
             "probe_every_s": (int, float),
             "probe_max_s": (int, float),
             "outage_after_failures": int,
+            "match_reuse_s": (int, float),
         },
         {},
     )
@@ -65,6 +69,7 @@ def parse_sync(table: dict[str, Any], path: Path) -> SyncConfig:
         probe_max_s=float(sync.get("probe_max_s", defaults.probe_max_s)),
         outage_after_failures=int(sync.get("outage_after_failures",
                                            defaults.outage_after_failures)),
+        match_reuse_s=float(sync.get("match_reuse_s", defaults.match_reuse_s)),
     )
     for key in ("give_up_after", "probe_every_s", "probe_max_s", "retry_base_s", "retry_max_s"):
         value = getattr(sync_cfg, key)
@@ -77,8 +82,9 @@ def parse_sync(table: dict[str, Any], path: Path) -> SyncConfig:
     for key in ("lease_s", "renew_every_s"):
         if not 0 < getattr(sync_cfg, key) < math.inf:  # TOML allows inf and nan
             raise _fail(path, f"sync.{key}", "must be a number of seconds above 0")
-    if not 0 <= sync_cfg.lookup_grace_s <= 86400:
-        raise _fail(path, "sync.lookup_grace_s", "must be between 0 and 86400 seconds")
+    for key in ("lookup_grace_s", "match_reuse_s"):
+        if not 0 <= getattr(sync_cfg, key) <= 86400:
+            raise _fail(path, f"sync.{key}", "must be between 0 and 86400 seconds")
     if not 0 <= sync_cfg.max_wait_s < math.inf:
         raise _fail(path, "sync.max_wait_s", "must be a number of seconds, 0 or more")
     if sync_cfg.max_attempts < 1:

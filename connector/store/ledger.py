@@ -1,8 +1,10 @@
-"""The write ledger (our identifier -> EHR id/version) and links (our key -> EHR id)."""
+"""The write ledger (our identifier -> EHR id/version), links (our key -> EHR id), and
+the look-up matches workers share (a search's unique answer, for a while)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -14,6 +16,7 @@ from sqlalchemy import (
 )
 
 from connector.schema import (
+    ehr_matches,
     ledger,
     links,
 )
@@ -184,6 +187,41 @@ class LedgerMixin(StoreCore):
         else:
             with self.begin() as c:
                 write(c)
+
+    # -- matches shared between workers ---------------------------------------
+
+    def shared_matches(self, resource_type: str, queries: Collection[str], *,
+                       max_age_s: float) -> dict[str, str]:
+        """Of these searches (SHA-256 of the query), those some worker found one match
+        for in the last ``max_age_s`` seconds: query hash -> EHR id. One query per call."""
+        if not queries or max_age_s <= 0:
+            return {}
+        since = utcnow() - timedelta(seconds=max_age_s)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ehr_matches.c.query_sha256, ehr_matches.c.ehr_id).where(
+                    ehr_matches.c.resource_type == resource_type,
+                    ehr_matches.c.query_sha256.in_(list(queries)),
+                    ehr_matches.c.found_at >= since,
+                )
+            ).all()
+        return {row.query_sha256: row.ehr_id for row in rows}
+
+    def share_matches(self, resource_type: str, found: dict[str, str]) -> None:
+        """Keep searches' unique matches (query SHA-256 -> EHR id) for the other workers,
+        in one transaction."""
+        if not found:
+            return
+        now = utcnow()
+        with self.begin(audited=False) as conn:  # cache rows: no audit event
+            for query, ehr_id in found.items():
+                key = (ehr_matches.c.resource_type == resource_type) \
+                    & (ehr_matches.c.query_sha256 == query)
+                if not conn.execute(update(ehr_matches).where(key)
+                                    .values(ehr_id=ehr_id, found_at=now)).rowcount:
+                    conn.execute(insert(ehr_matches).values(
+                        resource_type=resource_type, query_sha256=query, ehr_id=ehr_id,
+                        found_at=now))
 
 
 def _ledger_entry(row: Any) -> LedgerEntry:

@@ -40,8 +40,13 @@ class OutboxMixin(ConsentMixin):
         include_waiting: bool = True,
         now: datetime | None = None,
         exclude: Sequence[int] = (),
+        share_tail: bool = False,
     ) -> list[Job]:
-        """Claim up to ``limit`` due jobs for ``worker`` in one atomic UPDATE.
+        """Claim up to ``limit`` due jobs for ``worker`` in one transaction.
+
+        ``share_tail``: when fewer than two claims' worth are due, take half of them (at
+        least a quarter claim): the end of a back-fill is shared out between the workers
+        polling the queue, not all left to the first one to ask (:func:`_share_of`).
 
         ``exclude``: ids of jobs the caller is still working on (a pipelined worker's
         earlier claims): never taken again by it, even if their lease ran out meanwhile.
@@ -86,20 +91,14 @@ class OutboxMixin(ConsentMixin):
                 .exists()
             )
             .order_by(jobs.c.id)
-            .limit(limit)
+            .limit(2 * limit)
         )
         if self.dialect == "postgresql":
-            # Choose and lock the rows once, in a materialized CTE (the usual
-            # queue pattern): a subquery in `WHERE id IN (...)` is the planner's
-            # to re-evaluate, and with SKIP LOCKED and LIMIT that is not stable.
-            due_ids = (candidates.with_for_update(skip_locked=True)
-                       .cte("due_jobs").prefix_with("MATERIALIZED"))
-            chosen = jobs.c.id.in_(select(due_ids.c.id))
-        else:
-            chosen = jobs.c.id.in_(candidates.scalar_subquery())
+            # lock what is looked at (the usual queue pattern): another worker's
+            # claim skips these rows, and takes the next ones
+            candidates = candidates.with_for_update(of=jobs, skip_locked=True)
         statement = (
             update(jobs)
-            .where(chosen)
             .values(
                 claimed_from=jobs.c.state,
                 state=JobState.IN_FLIGHT.value,
@@ -120,7 +119,10 @@ class OutboxMixin(ConsentMixin):
             )
         )
         with self.begin() as conn, self.audit_batch(conn):
-            rows = conn.execute(statement).all()
+            due_ids = conn.execute(candidates).scalars().all()
+            rows = conn.execute(statement.where(jobs.c.id.in_(
+                due_ids[:_share_of(len(due_ids), limit) if share_tail else limit]))).all() \
+                if due_ids else []
             claimed = sorted((Job(*row) for row in rows), key=lambda j: j.id)
             for job in claimed:
                 self.audit(
@@ -302,3 +304,13 @@ class OutboxMixin(ConsentMixin):
             query = query.where(jobs.c.source == source)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def _share_of(due: int, limit: int) -> int:
+    """How many of ``due`` jobs (at most 2 x ``limit`` looked at) one claim takes: a full
+    claim while two are due, else half of what is left (at least a quarter claim), so
+    that at the end of a queue the last records are shared out between the workers
+    polling it instead of all going to the first one to ask."""
+    if due >= 2 * limit:
+        return limit
+    return min(due, limit, max(-(-due // 2), limit // 4, 1))

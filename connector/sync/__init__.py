@@ -11,10 +11,10 @@ Modules, in the order a record goes through them:
 - :mod:`.model`: the value objects they share.
 """
 
+from connector.sync.agency import ensure_agency
 from connector.sync.engine import SyncEngine, wait_rule
 from connector.sync.model import EmptyLedger, Plan, Refs, SyncContext, SyncSummary, Wait, Write
 from connector.sync.planner import Planned, plan_record
-from connector.sync.resolve import ensure_agency
 from connector.sync.senders import bundle_for
 
 __all__ = ["EmptyLedger", "Plan", "Planned", "Refs", "SyncContext", "SyncEngine", "SyncSummary",

@@ -166,6 +166,7 @@ class SyncEngine:
                     time.sleep(pause)
         finally:
             self.finish_sending()
+            self.refs.share_found()
         if on_progress and summary.claimed:
             on_progress(summary)
         summary.waited_s = waited
@@ -208,7 +209,7 @@ class SyncEngine:
             return self.store.claim(
                 worker=self.worker, run_id=run_id, limit=1 if probe else self.claim_size(),
                 lease_s=self.config.sync.lease_s, include_waiting=include_waiting and not probe,
-                now=self.clock(), exclude=self._holding(),
+                now=self.clock(), exclude=self._holding(), share_tail=True,
             )
 
         jobs = claim()

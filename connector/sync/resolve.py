@@ -10,24 +10,22 @@ out is never sent: a type the EHR cannot create is only ever matched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from connector.errors import ConnectorError, EhrConflict, Outcome
+from connector.errors import ConnectorError
 from connector.records import EncounterRecord, parse_datetime
 from connector.states import JobState
 from connector.store import Job
+from connector.sync.agency import ensure_agency
 from connector.sync.concurrency import run_all
 from connector.sync.model import LedgerView, SyncContext, Wait, version_of
-from connector.writeplan import MATCH_ACTIONS
 
 if TYPE_CHECKING:
-    from connector.fhir_client import FhirClient
-    from connector.store import Store
-    from connector.writeplan import WritePlan
-    from mappings.profile import Profile
+    pass
 
 
 Params = dict[str, str] | list[tuple[str, str]]  # a search's parameters (names may repeat)
@@ -50,12 +48,15 @@ class References:
         self._agency: tuple[str, str] | None = None
         # searches made ahead by prefetch: (type, query) -> the matches, used once
         self._found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._reused: set[tuple[str, str]] = set()  # of _found: answers other workers shared
+        self._to_share: dict[str, str] = {}  # matches found here, shared at the next claim
 
     def reset(self) -> None:
         self._patients.clear()
         self._patient_links.clear()
         self._practitioners.clear()
         self._found.clear()
+        self._reused.clear()
 
     def _search(self, resource_type: str, params: Params) -> list[dict[str, Any]]:
         """A search's matches: made ahead by :meth:`prefetch`, or now."""
@@ -73,11 +74,14 @@ class References:
         them) each session's Encounter. A search that fails is simply made again
         when its record is resolved (and fails there, by name). Returns the number
         of searches made."""
+        self.share_found()
         self._found.clear()
+        self._reused.clear()
         searches: dict[tuple[str, str], Params] = {}
         for record in records:
             for resource_type, params in self._first_lookups(record):
                 searches.setdefault((resource_type, _query(params)), params)
+        self._reuse_shared(searches)
         made = self._search_all(searches)
         if self.ctx.plan.encounter == "ehr":
             encounters: dict[tuple[str, str], Params] = {}
@@ -87,6 +91,24 @@ class References:
                     encounters.setdefault(("Encounter", _query(wanted)), wanted)
             made += self._search_all(encounters)
         return made
+
+    def share_found(self) -> None:
+        """Give the other workers the Patient matches found since the last claim."""
+        found, self._to_share = self._to_share, {}
+        self.ctx.store.share_matches("Patient", found)
+
+    def _reuse_shared(self, searches: dict[tuple[str, str], Params]) -> None:
+        """Take out of ``searches`` the Patient searches another worker (or this one, in
+        an earlier run) found one match for lately (``[sync] match_reuse_s``): their
+        answer is that match. Practitioners are shared already, as links."""
+        wanted = {_sha256(key[1]): key for key in searches if key[0] == "Patient"}
+        shared = self.ctx.store.shared_matches(
+            "Patient", wanted, max_age_s=self.ctx.config.sync.match_reuse_s)
+        for digest, ehr_id in shared.items():
+            key = wanted[digest]
+            del searches[key]
+            self._found[key] = [{"resourceType": "Patient", "id": ehr_id}]
+            self._reused.add(key)
 
     def _first_lookups(self, record: EncounterRecord) -> list[tuple[str, Params]]:
         from mappings.resources import NPI, mrn_identifier, search_token, staff_identifier
@@ -170,10 +192,14 @@ class References:
             return cached
         system, value = mrn_identifier(mrn, self.ctx.profile)
         token = search_token(system, value)
-        found = self._search("Patient", {"identifier": token})
+        params: Params = {"identifier": token}
+        found = self._search("Patient", params)
         result: Wait | str
         if len(found) == 1:
             result = f"Patient/{found[0]['id']}"
+            key = ("Patient", _query(params))
+            if key not in self._reused and self.ctx.config.sync.match_reuse_s > 0:
+                self._to_share[_sha256(key[1])] = found[0]["id"]
         elif len(found) > 1:
             result = Wait(JobState.WAITING_PATIENT, f"mrn-matches-{len(found)}-patients")
         elif creates:
@@ -311,60 +337,6 @@ class References:
         return f"Encounter/{matches[0]['id']}"
 
 
-def ensure_agency(store: Store, client: FhirClient, profile: Profile, plan: WritePlan
-                  ) -> tuple[str, str]:
-    """Match or create (once, by identifier) the agency Organization and connector Device.
-
-    Only as far as the write plan allows: a type the EHR cannot create is matched
-    (the Organization by ``[ehr] organization_id`` where the EHR finds it by _id
-    only), and one the plan leaves out gives "".
-    """
-    from mappings.resources import map_device, map_organization, search_token
-
-    refs: list[str] = []
-    for kind, identity in (("organization", profile.organization), ("device", profile.device)):
-        resource_type = kind.capitalize()
-        action = plan.action(resource_type)
-        if action not in MATCH_ACTIONS:
-            refs.append("")
-            continue
-        if resource_type == "Organization" and plan.organization_by == "id":
-            refs.append(f"Organization/{plan.organization_id}")
-            continue
-        key = f"{identity.system}|{identity.value}"
-        linked = store.get_link(kind, key)
-        if not linked:
-            # One worker at a time: a conditional create is racy on the EHR, so two
-            # workers starting together would both create. The next one finds the link.
-            with store.exclusive(f"link|{kind}|{key}") as conn:
-                linked = store.get_link(kind, key)
-                if not linked:
-                    token = search_token(identity.system, identity.value)
-                    found = client.search(resource_type, {"identifier": token})
-                    if len(found) > 1:
-                        raise EhrConflict(
-                            f"{len(found)} {resource_type} resources carry the agency's "
-                            "identifier", status=412, method="GET",
-                            url=f"{client.base_url}/{resource_type}", outcome=Outcome())
-                    how = "match"
-                    if found:
-                        linked = found[0]["id"]
-                    elif not plan.creates(resource_type):
-                        refs.append("")  # not in the EHR and not ours to create
-                        continue
-                    else:
-                        model: Any = (map_organization(profile) if kind == "organization"
-                                      else map_device(profile, organization_ref=refs[0] or None))
-                        linked = client.create(
-                            model.model_dump(mode="json"),
-                            if_none_exist={"identifier": token}
-                            if plan.conditional_create else None).id
-                        how = "create"
-                    store.set_link(kind, key, linked, linked_by=how, conn=conn)
-        refs.append(f"{resource_type}/{linked}")
-    return refs[0], refs[1]
-
-
 def _encounter_params(record: EncounterRecord, patient_ref: str) -> Params:
     """The search for the EHR's Encounters that may be this session's: the patient's, over
     the session's days and one either side (dates only: Epic searches periods by date), so
@@ -372,6 +344,10 @@ def _encounter_params(record: EncounterRecord, patient_ref: str) -> Params:
     day_before = (record.start - timedelta(days=1)).date().isoformat()
     day_after = (record.end + timedelta(days=1)).date().isoformat()
     return [("subject", patient_ref), ("date", f"ge{day_before}"), ("date", f"le{day_after}")]
+
+
+def _sha256(query: str) -> str:
+    return hashlib.sha256(query.encode("utf-8")).hexdigest()
 
 
 def _query(params: Params) -> str:

@@ -10,7 +10,10 @@ Phases (each on a fresh sekmet started here on 127.0.0.1, seeded first):
 4. mapping alone: records -> serialised bundles, one process (= one core);
 5. ``us-core-notes`` single mode through its emulator behind a latency proxy
    (50, 100, 200 ms per request);
-6. 1 vs 2 ``peersync worker`` processes on PostgreSQL through the 200 ms proxy.
+6. 1 vs 2 ``peersync worker`` processes on PostgreSQL through the 200 ms proxy: the
+   workers started on an empty queue, the records imported once they are ready (as a
+   back-fill reaches a running deployment), the rate from the first record stored to
+   the last synced (and, beside it, from the workers' launch).
 
 Progress goes to stderr; stdout gets the report, or with ``--json`` exactly one
 JSON object.
@@ -79,7 +82,11 @@ def _step(name: str, out: dict[str, Any], fn: Any, *args: Any) -> None:
     log(f"{name}: {time.perf_counter() - started:.1f} s: {json.dumps(out[name])[:300]}")
 
 
-def run(n: int | None, quick: bool, pg_url: str, as_json: bool, keep: bool) -> int:
+PHASES = ("floor", "naive", "sqlite", "postgresql", "latency", "workers")
+
+
+def run(n: int | None, quick: bool, pg_url: str, as_json: bool, keep: bool,
+        only: frozenset[str] = frozenset(PHASES)) -> int:
     from mappings.profile import default_profile_path, load_profile
 
     from . import floor
@@ -123,23 +130,28 @@ def run(n: int | None, quick: bool, pg_url: str, as_json: bool, keep: bool) -> i
                 planner = floor.Planner(data, seeded, profile, url)
                 return floor.naive(planner, url)
 
-        _step("raw_floor", phases, floor_phases)
-        if "mapping" in phases["raw_floor"]:
-            phases["mapping"] = phases["raw_floor"].pop("mapping")
-        _step("naive", phases, naive_phase)
-        _step("peersync_sqlite", phases, ps.import_sync, tmp, data, jsonl, profile,
-              "sqlite:///peersync.db", "sqlite", timeout)
-        if pg_version:
+        if "floor" in only:
+            _step("raw_floor", phases, floor_phases)
+            if "mapping" in phases["raw_floor"]:
+                phases["mapping"] = phases["raw_floor"].pop("mapping")
+        if "naive" in only:
+            _step("naive", phases, naive_phase)
+        if "sqlite" in only:
+            _step("peersync_sqlite", phases, ps.import_sync, tmp, data, jsonl, profile,
+                  "sqlite:///peersync.db", "sqlite", timeout)
+        if "postgresql" not in only:
+            pass
+        elif pg_version:
             def pg_phase() -> dict[str, Any]:
                 with ps.pg_database(pg_url) as url:
                     return ps.import_sync(tmp, data, jsonl, profile, url, "pg", timeout)
             _step("peersync_postgresql", phases, pg_phase)
         else:
             phases["peersync_postgresql"] = {"skipped": f"no PostgreSQL at {pg_url}"}
-        for delay in latencies:
+        for delay in latencies if "latency" in only else ():
             _step(f"single_us_core_{round(delay * 1000)}ms", phases, ps.single_latency, tmp,
                   lat_data, lat_jsonl, profile, delay, timeout)
-        for count in (1, 2):
+        for count in (1, 2) if "workers" in only else ():
             if pg_version:
                 _step(f"workers_{count}", phases, ps.workers, tmp, w_data, w_jsonl, profile,
                       pg_url, count, worker_delay, 300.0)
@@ -229,7 +241,8 @@ def print_report(report: dict[str, Any]) -> None:
           f"{f['peersync_postgresql_over_raw_floor']} (PostgreSQL); PeerSync/naive "
           f"{f['peersync_sqlite_over_naive']} (SQLite), {f['peersync_postgresql_over_naive']} "
           f"(PostgreSQL); 2 workers/1 worker {f['workers_2_over_1']} "
-          f"(launch to last sync: {f['workers_2_over_1_launch_to_last_sync']})")
+          f"(from the workers' launch, start-up included: "
+          f"{f['workers_2_over_1_launch_to_last_sync']})")
     print(f"  peak RSS of any PeerSync process: {f['peak_rss_mib_max']} MiB; "
           f"run took {report['wall_s']} s")
 
@@ -248,8 +261,10 @@ def _line(v: dict[str, Any]) -> str:
         return (f"{v['records_per_cpu_s']} records per CPU-second "
                 f"({v['records_per_s_wall']} rec/s wall)")
     if "workers" in v:
-        return (f"{v['records_per_s']} rec/s ({v['synced']} synced in {v['seconds']} s, "
-                f"{v['requests']} requests); RSS {v['peak_rss_mib']} MiB")
+        return (f"{v['records_per_s']} rec/s ({v['synced']} synced in {v['seconds']} s from "
+                f"the first record stored, {v['requests']} requests; ready {v['ready_s']} s "
+                f"after launch, {v['records_per_s_from_launch']} rec/s from launch); "
+                f"RSS {v['peak_rss_mib']} MiB; CPU s {v['cpu_s']}")
     extra = f", {v['requests_per_record']} requests/record" if "requests_per_record" in v \
         else f", {v.get('requests')} requests"
     rss = f"; RSS {v['peak_rss_mib']} MiB" if "peak_rss_mib" in v else ""
@@ -257,14 +272,23 @@ def _line(v: dict[str, Any]) -> str:
     return f"{v['records_per_s']} rec/s ({v['records']} in {v['seconds']} s{synced}{extra}){rss}"
 
 
-def main(n: int | None, quick: bool, pg_url: str, as_json: bool, keep: bool) -> int:
+def main(n: int | None, quick: bool, pg_url: str, as_json: bool, keep: bool,
+         phases: str = "all") -> int:
+    only = frozenset(PHASES) if phases == "all" else \
+        frozenset(p.strip() for p in phases.split(",") if p.strip())
+    unknown = only - set(PHASES)
+    if unknown:
+        print(f"bench: unknown phase(s) {', '.join(sorted(unknown))}; "
+              f"choose from {', '.join(PHASES)}", file=sys.stderr)
+        return 2
+
     def on_term(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even where started with it ignored
     try:
-        return run(n, quick, pg_url, as_json, keep)
+        return run(n, quick, pg_url, as_json, keep, only)
     except KeyboardInterrupt:
         log("interrupted: everything started was stopped")
         return 130

@@ -99,12 +99,16 @@ def _timed(n: int, done: procs.Done) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def ehr(tmp: Path, data: Dataset, profile: Any, *, preset: str = "generic",
-        delay_s: float | None = None) -> Iterator[tuple[str, LatencyProxy | None, Seeded]]:
-    """A fresh seeded sekmet; for a preset, its emulator; with ``delay_s``, the latency proxy."""
+        delay_s: float | None = None, cpu: dict[str, Any] | None = None,
+        ) -> Iterator[tuple[str, LatencyProxy | None, Seeded]]:
+    """A fresh seeded sekmet; for a preset, its emulator; with ``delay_s``, the latency proxy.
+    ``cpu``: a dict its ``ehr_pid`` is put in (sekmet's process, for its CPU time)."""
     from connector.ehr_sandbox import SekmetServer
 
     with ExitStack() as stack:
         sekmet = stack.enter_context(SekmetServer(tmp / f"ehr-{uuid.uuid4().hex[:6]}"))
+        if cpu is not None and sekmet._proc is not None:
+            cpu["ehr_pid"] = sekmet._proc.pid
         seeded = seed(sekmet.base_url, profile, data, device=preset == "generic")
         url = sekmet.base_url
         if preset != "generic":
@@ -161,16 +165,25 @@ def single_latency(tmp: Path, data: Dataset, jsonl: Path, profile: Any, delay_s:
 
 def workers(tmp: Path, data: Dataset, jsonl: Path, profile: Any, admin_url: str, count: int,
             delay_s: float, timeout_s: float) -> dict[str, Any]:
-    """``count`` ``peersync worker`` processes on PostgreSQL, us-core-notes, through the proxy."""
+    """``count`` ``peersync worker`` processes on PostgreSQL, us-core-notes, through the proxy.
+
+    As a back-fill reaches a running deployment: the workers are started on an empty
+    queue and, once each says it is syncing (interpreter, imports and the FHIR models
+    loaded), the records are imported; the rate is from the first record stored to the
+    last one synced. The launch-to-last figure (start-up included) is reported beside it.
+    """
+    import resource
+
     from sqlalchemy import create_engine, text
 
     n = len(data.records)
+    cpu: dict[str, Any] = {}
     with pg_database(admin_url) as db_url, \
-            ehr(tmp, data, profile, preset="us-core-notes", delay_s=delay_s) as (url, proxy, _):
+            ehr(tmp, data, profile, preset="us-core-notes", delay_s=delay_s,
+                cpu=cpu) as (url, proxy, _):
         assert proxy is not None
         home = Home(tmp / f"home-workers-{count}", ehr_url=url, database_url=db_url,
                     preset="us-core-notes", timeout_s=timeout_s)
-        home.run("import", str(jsonl))
         engine = create_engine(db_url)
         try:
             launched_at = datetime.now(UTC)
@@ -179,9 +192,22 @@ def workers(tmp: Path, data: Dataset, jsonl: Path, profile: Any, admin_url: str,
                                     env=home.env, log=home.folder / f"worker-{i}.log")
                         for i in range(count)]
             deadline = time.monotonic() + timeout_s
+            while not all(" syncing to " in c.log.read_text("utf-8", "replace")
+                          for c in children if c.log.exists()) \
+                    or not all(c.log.exists() for c in children):
+                if any(c.poll() is not None for c in children):
+                    raise RuntimeError(f"a worker exited early; see {home.folder}/worker-*.log")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{count} worker(s): not ready after {timeout_s:.0f} s")
+                time.sleep(0.05)
+            ready_s = time.perf_counter() - started
+            ehr_cpu0 = procs.cpu_s(cpu["ehr_pid"]) if "ehr_pid" in cpu else None
+            me0 = resource.getrusage(resource.RUSAGE_SELF)
+            workers_cpu0 = [procs.cpu_s(c.proc.pid) or 0.0 for c in children]
+            home.run("import", str(jsonl))
             while True:
                 with engine.connect() as conn:
-                    rows = dict(conn.execute(text(
+                    rows: dict[str, int] = dict(conn.execute(text(
                         "SELECT state, count(*) FROM jobs GROUP BY state")).all())
                 if not any(rows.get(s) for s in UNFINISHED):
                     break
@@ -190,19 +216,34 @@ def workers(tmp: Path, data: Dataset, jsonl: Path, profile: Any, admin_url: str,
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{count} worker(s): not done after {timeout_s:.0f} s")
                 time.sleep(0.1)
-            wall = time.perf_counter() - started
+            me1 = resource.getrusage(resource.RUSAGE_SELF)
+            ehr_cpu1 = procs.cpu_s(cpu["ehr_pid"]) if "ehr_pid" in cpu else None
+            workers_cpu1 = [procs.cpu_s(c.proc.pid) or 0.0 for c in children]
             with engine.connect() as conn:
-                last = conn.execute(text("SELECT max(synced_at) FROM jobs")).scalar()
+                first, last = conn.execute(text(
+                    "SELECT min(created_at), max(synced_at) FROM jobs")).one()
         finally:
             engine.dispose()
         for child in children:
             child.terminate()
         done = [child.wait(30) for child in children]
-    to_last = (last - launched_at).total_seconds() if last else wall
+    seconds = (last - first).total_seconds()
+    to_last = (last - launched_at).total_seconds()
     return {"workers": count, "latency_ms": round(delay_s * 1000), "records": n,
-            "synced": rows.get("synced", 0), "seconds": round(wall, 3),
-            "records_per_s": _rate(n, wall),
+            "synced": rows.get("synced", 0), "seconds": round(seconds, 3),
+            "records_per_s": _rate(n, seconds),
+            "ready_s": round(ready_s, 2),
             "launch_to_last_synced_s": round(to_last, 3),
+            "records_per_s_from_launch": _rate(n, to_last),
             "requests": proxy.requests,
             "peak_rss_mib": [round(d.peak_rss_mib, 1) for d in done],
+            # where the 2 cores went while the records were imported and synced: each
+            # worker, sekmet, and this process (the emulator and the latency proxy, threads
+            # of one interpreter); PostgreSQL and the import command not counted
+            "cpu_s": {"workers": [round(b - a, 2) for a, b in zip(workers_cpu0, workers_cpu1,
+                                                                    strict=True)],
+                      "ehr": round(ehr_cpu1 - ehr_cpu0, 2)
+                      if ehr_cpu0 is not None and ehr_cpu1 is not None else None,
+                      "emulator_and_proxy": round(me1.ru_utime + me1.ru_stime
+                                                  - me0.ru_utime - me0.ru_stime, 2)},
             "states": {k: v for k, v in rows.items() if v}}

@@ -35,6 +35,7 @@ class Done:
     peak_rss_mib: float
     output: str
     inner_s: float | None = None  # inside the command (child.py's timing)
+    cpu_s: float | None = None  # user + system CPU seconds (wait4's rusage)
 
 
 class Child:
@@ -91,8 +92,18 @@ class Child:
         # RSS at fork/exec time, so it is never below this process's
         hwm = timing.get("vmhwm_kib")
         rss = hwm / 1024 if hwm else usage.ru_maxrss / 1024
-        self.done = Done(self.argv, code, wall, rss, text, timing.get("inner_s"))
+        self.done = Done(self.argv, code, wall, rss, text, timing.get("inner_s"),
+                         round(usage.ru_utime + usage.ru_stime, 2))
         return self.done
+
+
+def cpu_s(pid: int) -> float | None:
+    """A running process's user + system CPU seconds so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(args: list[str], *, env: dict[str, str], log: Path, timeout_s: float,

@@ -316,6 +316,26 @@ def test_a_claim_takes_due_jobs_in_order_and_two_claims_never_share_one(store: S
     assert claimed[0]["detail"] == {"run_id": "run-1"}
 
 
+@pytest.mark.parametrize(("due", "limit", "taken"), [
+    (64, 32, 32), (100, 32, 32), (63, 32, 32), (40, 32, 20), (20, 32, 10), (10, 32, 8),
+    (5, 32, 5), (1, 32, 1), (3, 1, 1), (1, 1, 1), (2, 4, 1)])
+def test_a_claim_takes_a_full_share_until_the_end_of_the_queue_then_half(
+        due: int, limit: int, taken: int) -> None:
+    from connector.store.outbox import _share_of
+
+    assert _share_of(min(due, 2 * limit), limit) == taken
+
+
+def test_sharing_the_tail_a_claim_takes_half_of_what_is_left(store: Store) -> None:
+    """The engine's claims (``share_tail``): full while two claims' worth are due, then
+    half of what is left, so the last records go to every worker asking."""
+    store.add_records(many(10), actor=ACTOR)
+    ids = [r["id"] for r in all_jobs(store)]
+    taken = [[j.id for j in claim(store, worker=f"w{i}", limit=4, share_tail=True)]
+             for i in range(5)]
+    assert taken == [ids[:4], ids[4:7], ids[7:9], ids[9:], []]
+
+
 def test_concurrent_claims_hand_out_every_job_exactly_once(database_url: str) -> None:
     setup = Store.from_url(database_url)
     setup.migrate()
