@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,8 @@ from connector.schema import api_tokens, users, web_sessions
 if TYPE_CHECKING:
     from connector.store import Store
 
-ROLES = ("admin", "specialist", "auditor")
+ROLES = ("admin", "specialist", "auditor", "supervisor")
+STAFF_ROLES = ("specialist", "supervisor")  # tied to a staff id: they document notes
 TOKEN_PREFIX = "ps_"
 TOKEN_KINDS = ("source", "metrics")
 HASH_METHOD = "scrypt"
@@ -152,6 +154,13 @@ def _password_ok(password_hash: str, password: str) -> bool:
     return check_password_hash(password_hash, password)
 
 
+def password_matches(user: User | None, password: str) -> bool:
+    """A user's password (an unknown user: checked against a dummy hash, same time)."""
+    ok = _password_ok(user.password_hash if user else _dummy_hash(),
+                      password[:MAX_PASSWORD_LENGTH])
+    return ok and user is not None and len(password) <= MAX_PASSWORD_LENGTH
+
+
 _dummy_hashes: dict[str, str] = {}
 
 
@@ -184,9 +193,13 @@ def add_user(
     role: str,
     password: str,
     specialist_id: str | None = None,
+    supervises: Sequence[str] = (),
     actor: str,
 ) -> User:
-    """Create a user. A specialist needs its staff id; other roles take none."""
+    """Create a user. A specialist or supervisor needs its staff id; other roles take none.
+
+    ``supervises``: the staff ids a supervisor co-signs for (none: every specialist).
+    """
     name = normalise_name(name)
     if not _NAME_RE.fullmatch(name):
         raise AccountError(
@@ -195,11 +208,15 @@ def add_user(
         )
     if role not in ROLES:
         raise AccountError(f"the role must be one of {', '.join(ROLES)}")
-    if role == "specialist":
+    if role in STAFF_ROLES:
         if not specialist_id or not _STAFF_ID_RE.fullmatch(specialist_id):
-            raise AccountError("a specialist account needs --specialist-id (the staff id)")
+            raise AccountError(f"a {role} account needs --specialist-id (the staff id)")
     elif specialist_id:
-        raise AccountError("only a specialist account is tied to a staff id")
+        raise AccountError("only a specialist or supervisor account is tied to a staff id")
+    if supervises and role != "supervisor":
+        raise AccountError("only a supervisor account supervises specialists")
+    if any(not _STAFF_ID_RE.fullmatch(s) or s == specialist_id for s in supervises):
+        raise AccountError("--supervises: staff ids, comma-separated, not the supervisor's own")
     check_password_rules(password)
     password_hash = hash_password(password)
     now = _now()
@@ -210,7 +227,7 @@ def add_user(
                 {
                     "name": name,
                     "role": role,
-                    "specialist_id": specialist_id if role == "specialist" else None,
+                    "specialist_id": specialist_id if role in STAFF_ROLES else None,
                     "password_hash": password_hash,
                     "active": True,
                     "created_at": now,
@@ -224,13 +241,17 @@ def add_user(
                 detail={
                     "user": name,
                     "role": role,
-                    **({"specialist_id": specialist_id} if role == "specialist" else {}),
+                    **({"specialist_id": specialist_id} if role in STAFF_ROLES else {}),
+                    **({"supervises": list(supervises) or "all"}
+                       if role == "supervisor" else {}),
                 },
                 at=now,
             )
+            if role == "supervisor":
+                store.set_supervised(conn, int(user_id), supervises)
     except IntegrityError:
         raise AccountError(f"a user named {name!r} already exists") from None
-    return User(int(user_id), name, role, specialist_id if role == "specialist" else None,
+    return User(int(user_id), name, role, specialist_id if role in STAFF_ROLES else None,
                 True, password_hash)
 
 

@@ -39,11 +39,12 @@ def _checked(password: str) -> str:
     return password
 
 
-def _read_password() -> str:
-    """The password: prompted (twice, asked again until the rules accept it) or stdin's line."""
+def _read_password(*, new: bool = True) -> str:
+    """The password: prompted (a new one twice, asked again until the rules accept it;
+    an existing one once, ``new=False``) or standard input's first line."""
     if _is_terminal():
-        password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True,
-                                     err=True, value_proc=_checked)
+        password: str = click.prompt("Password", hide_input=True, confirmation_prompt=new,
+                                     err=True, value_proc=_checked if new else None)
         return password
     line = sys.stdin.readline() if sys.stdin is not None else ""
     password = line.rstrip("\r\n")
@@ -55,27 +56,34 @@ def _read_password() -> str:
 
 @click.group("user")
 def user_group() -> None:
-    """Web app users: admins, specialists and auditors."""
+    """Web app users: admins, specialists, supervisors and auditors."""
 
 
 @user_group.command("add")
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(ROLES),
               help="admin: everything; specialist: documents as its staff id and sees its own "
-                   "records; auditor: reads dashboards and the audit log (ids and codes only).")
-@click.option("--specialist-id", help="The staff id a specialist account documents as.")
-def user_add(name: str, role: str, specialist_id: str | None) -> None:
+                   "records; auditor: reads dashboards and the audit log (ids and codes only); "
+                   "supervisor: co-signs or returns its specialists' notes, documents its own.")
+@click.option("--specialist-id", help="The staff id a specialist or supervisor account "
+              "documents as.")
+@click.option("--supervises", metavar="S-17,S-22",
+              help="A supervisor's specialists (staff ids, comma-separated); default: all.")
+def user_add(name: str, role: str, specialist_id: str | None, supervises: str | None) -> None:
     """Create a user; the password is prompted for (or read from standard input)."""
     from connector.accounts import add_user
 
     store = _store()
     password = _read_password()
+    staff = [s.strip() for s in (supervises or "").split(",") if s.strip()]
     try:
         user = add_user(store, name, role=role, password=password, specialist_id=specialist_id,
-                        actor="cli:user")
+                        supervises=staff, actor="cli:user")
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None
     tied = f" (staff id {user.specialist_id})" if user.specialist_id else ""
+    if user.role == "supervisor":
+        tied += f", supervises {', '.join(staff) or 'all specialists'}"
     click.echo(f"user {user.name} created: {user.role}{tied}")
 
 
@@ -109,11 +117,14 @@ def user_disable(name: str, enable: bool) -> None:
 
 @user_group.command("list")
 def user_list() -> None:
-    """List users (name, role, staff id, active)."""
+    """List users (name, role, staff id, a supervisor's specialists, active)."""
     from connector.accounts import list_users
 
-    for user in list_users(_store()):
+    store = _store()
+    for user in list_users(store):
         state = "" if user.active else "  (disabled)"
+        if user.role == "supervisor":
+            state = f"  supervises {', '.join(store.supervised(user.id)) or 'all'}{state}"
         click.echo(f"{user.name:<24} {user.role:<11} {user.specialist_id or '-'}{state}")
 
 

@@ -7,7 +7,7 @@ Exit codes: 0 success; 1 some records were rejected or did not reach the EHR;
 demo; the command groups come from their own modules, each imported when one of
 its commands is looked up (LAZY_COMMANDS): connector/cli_setup.py (init, config,
 db), connector/cli_sync.py (sync, worker, retry, link, consent),
-connector/audit_cli.py and connector/accounts_cli.py.
+connector/audit_cli.py, connector/accounts_cli.py and connector/review_cli.py.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ LAZY_COMMANDS = {
     "audit": "connector.audit_cli:audit_group",
     "user": "connector.accounts_cli:user_group",
     "token": "connector.accounts_cli:token_group",
+    "review": "connector.review_cli:review_group",
 }
 
 
@@ -172,6 +173,7 @@ def map_(source: str | None, files: tuple[Path, ...]) -> None:
     listed with their states on stderr.
     """
     from connector.intake import Accepted, iter_records
+    from connector.records import Specialist
     from connector.store import utcnow
     from connector.sync import EmptyLedger, Refs, bundle_for, plan_record
     from mappings.resources import mrn_identifier, search_token, staff_identifier
@@ -232,6 +234,9 @@ def map_(source: str | None, files: tuple[Path, ...]) -> None:
                 if plan.action("Device") != "none" else "",
                 encounter="Encounter?subject=(the EHR's own, matched by time)"
                 if plan.encounter == "ehr" else "",
+                authenticator="Practitioner?identifier=" + search_token(*staff_identifier(
+                    Specialist(id=record.note.cosigned_by), profile))
+                if record.note and record.note.cosigned_by else "",
             )
             writes = plan_record(
                 record,
@@ -256,10 +261,13 @@ def map_(source: str | None, files: tuple[Path, ...]) -> None:
 
 def _would_wait(record: Any, profile: Profile) -> str | None:
     """Why `map` leaves a record out: the sync's own wait rule, plus what needs the EHR."""
+    from connector.review import ReviewRule, carried_cosignature
     from connector.sync import wait_rule
 
     consent = record.consent.status if record.part2 and record.consent else None
-    wait = wait_rule(record, consent=consent, sent_before=False)
+    wait = wait_rule(record, consent=consent, sent_before=False,
+                     review=ReviewRule.of(profile),
+                     cosigned=carried_cosignature(record) is not None)
     if wait is not None:
         return f"{wait.state.value} ({wait.reason})"
     if not record.participant.mrn and not profile.create_patients:

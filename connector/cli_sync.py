@@ -11,7 +11,7 @@ import click
 
 from connector.cli_common import EXIT_FAILED, open_client, open_store, wiring
 from connector.errors import ConnectorError, EhrError
-from connector.states import ALL_STATES, WAITING_STATES, JobState
+from connector.states import ALL_STATES, RESOLVED_BY_SYNC, WAITING_STATES, JobState
 
 if TYPE_CHECKING:
     from connector.fhir_client import FhirClient
@@ -63,7 +63,7 @@ def _due(store: Store) -> int:
     """What this sync will claim, as far as it can be known now: the due jobs, and the
     waiting ones it re-resolves once (retries that fall due meanwhile add to it)."""
     counts = store.counts_by_state()
-    return store.count_due() + sum(counts[state.value] for state in WAITING_STATES)
+    return store.count_due() + sum(counts[state.value] for state in RESOLVED_BY_SYNC)
 
 
 def _engine(store: Store, client: FhirClient, worker: str) -> Any:

@@ -101,6 +101,9 @@ def run_demo(folder: Path, *, ehr_port: int, web_port: int, serve: bool) -> None
         ensure_key_file(folder, config.audit_key_file)
         key = load_audit_key(config.folder, config.audit_key_file, os.environ)
         store = Store.from_url(config.database_url, audit_key=key)
+        from connector.review import ReviewRule
+
+        store.review_rule = ReviewRule.of(profile)
         store.migrate()
         from connector.accounts import demo_accounts
 

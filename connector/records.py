@@ -68,6 +68,8 @@ class Note:
     documentation_minutes: float | None = None
     documentation_started: datetime | None = None
     documentation_finished: datetime | None = None
+    cosigned_by: str | None = None  # contract v2: the supervisor's staff id, signed in the tool
+    cosigned_at: datetime | None = None
 
     @property
     def minutes_spent(self) -> float | None:
@@ -139,6 +141,8 @@ class EncounterRecord:
                 documentation_minutes=n.get("documentation_minutes"),
                 documentation_started=_opt_dt(n.get("documentation_started")),
                 documentation_finished=_opt_dt(n.get("documentation_finished")),
+                cosigned_by=n.get("cosigned_by"),
+                cosigned_at=_opt_dt(n.get("cosigned_at")),
             )
         return cls(
             source=source,

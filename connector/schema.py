@@ -293,3 +293,51 @@ ehr_matches = Table(
     Column("ehr_id", String(128), nullable=False),
     Column("found_at", DateTime(timezone=True), nullable=False),
 )
+
+# -- the document form's drafts (webapp.drafts, issue 10) ----------------------
+# A specialist's unsent form, kept on the server: the form's fields (PHI, like a
+# record's payload: never logged), the record id's nonce (so a resumed draft
+# still stores one record however often it is submitted) and the documentation
+# time counted so far: the sum of the intervals the form was open, each measured
+# by the server from a signed start to a save, capped (webapp.docform.INTERVAL_CAP).
+drafts = Table(
+    "drafts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("mode", String(16), nullable=False),  # new | amend | resubmit
+    Column("record_id", String(64)),  # the record amended or resubmitted (mode != new)
+    Column("nonce", String(32), nullable=False),  # a new note's record id is wf-<nonce>
+    Column("fields", JSON, nullable=False),  # the form's values (PHI)
+    Column("documentation_s", Float, nullable=False),  # seconds counted so far
+    Column("counted_until", DateTime(timezone=True)),  # the end of the last interval counted
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_drafts_user_id", drafts.c.user_id, drafts.c.updated_at)
+# (migration 0010) a specialist's caseload: its participants and their latest version,
+# read from the index alone
+Index("ix_record_versions_caseload", record_versions.c.specialist_id,
+      record_versions.c.participant_id, record_versions.c.id)
+
+# -- supervisor review (connector.store.review) ----------------------------------
+# The staff ids a supervisor account supervises; no row: every specialist.
+supervision = Table(
+    "supervision",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("specialist_id", String(64), primary_key=True),
+)
+
+# A supervisor's decision on one record version: co-signed (approved) or returned with a
+# comment. One per version; the job's state says what follows (pending, or returned).
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("record_version_id", Integer, ForeignKey("record_versions.id"), primary_key=True),
+    Column("decision", String(16), nullable=False),  # approved | returned
+    Column("user_name", String(64), nullable=False),  # the supervisor account
+    Column("staff_id", String(64), nullable=False),  # the supervisor's staff id (co-signer)
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("comment", Text),  # a return's comment, shown to the specialist (may be PHI)
+)

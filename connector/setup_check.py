@@ -170,6 +170,10 @@ def check_setup(
         "ok",
         f"{profile.source_file} (agency {profile.name!r}; patients "
         + ("created when missing" if profile.create_patients else "matched by MRN only")
+        + ("; notes co-signed by a supervisor first ([review] policy = \"cosign\""
+           + (f", codes {', '.join(profile.review_service_codes)}"
+              if profile.review_service_codes else "") + ")"
+           if profile.review_policy == "cosign" else "")
         + ")",
     )
     check_file_modes(report, config)

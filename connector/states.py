@@ -16,6 +16,8 @@ class JobState(StrEnum):
     WAITING_CONSENT = "waiting_consent"  # 42 CFR Part 2 record without active consent
     WAITING_ENCOUNTER = "waiting_encounter"  # EHR cannot create Encounters and none matches
     UNKNOWN = "unknown"  # sent, no answer: settled by an identifier search before any re-send
+    WAITING_REVIEW = "waiting_review"  # [review] policy = "cosign": waits for a supervisor
+    RETURNED = "returned"  # a supervisor returned it with a comment: never sent (terminal)
 
 
 ALL_STATES: tuple[str, ...] = tuple(state.value for state in JobState)
@@ -26,8 +28,14 @@ WAITING_STATES = frozenset(
         JobState.WAITING_STAFF,
         JobState.WAITING_CONSENT,
         JobState.WAITING_ENCOUNTER,
+        JobState.WAITING_REVIEW,
     }
 )
+
+# The waiting states a sync looks at again once per run (a new Patient, Practitioner or
+# Encounter may have appeared). A record waiting for review is released only by a
+# supervisor's co-signature (connector.store.review), never by a sync pass.
+RESOLVED_BY_SYNC = WAITING_STATES - {JobState.WAITING_REVIEW}
 
 # A later version of the same record is held back until every earlier one has
 # left these states, so that two versions of one record never travel together

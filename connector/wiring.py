@@ -74,7 +74,10 @@ class Wiring:
         from connector.store import Store
 
         key = load_audit_key(self.config.folder, self.config.audit_key_file, os.environ)
+        from connector.review import ReviewRule
+
         store = Store.from_url(self.config.database_url, audit_key=key)
+        store.review_rule = ReviewRule.of(self.profile)  # [review]: what waits for review
         if check_schema:
             try:
                 store.check_schema()

@@ -142,6 +142,7 @@ def document_reference_json(
     organization_ref: str | None = None,
     shape: NoteShape | None = None,
     contained: list[dict[str, Any]] | None = None,
+    authenticator_ref: str | None = None,
 ) -> dict[str, Any]:
     """The US Core clinical note for one version of the record's note, as validated JSON.
 
@@ -150,6 +151,7 @@ def document_reference_json(
     ``current``. ``replaces_ref`` points at the version this one amends.
     ``organization_ref`` "" names the agency as custodian by display only.
     ``contained`` resources travel inside the note (``encounter_ref`` "#id").
+    ``authenticator_ref`` names the supervisor who co-signed it (a Practitioner).
     """
     shape = shape or NoteShape()
     note = _require_note(record)
@@ -189,6 +191,8 @@ def document_reference_json(
             note_identifier(record, profile).as_fhir(),
             note_version_identifier(record, profile).as_fhir(),
         ]
+    if authenticator_ref:
+        data["authenticator"] = _ref(authenticator_ref)
     if contained:
         data["contained"] = contained
     if organization_ref:

@@ -36,6 +36,7 @@ NOTE_TYPES: dict[str, str] = {
 }
 DEFAULT_SERVICE_CODE = "H0038"
 DEFAULT_NOTE_TYPE = "11506-3"
+REVIEW_POLICIES = ("none", "cosign")
 
 _SERVICE_CODE = re.compile(r"[A-Z0-9]{4,7}")  # as the intake contract's service.code
 _URN = re.compile(r"urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:\S+")
@@ -76,6 +77,10 @@ class Profile:
     # What the participant consented to disclose, and to whom (42 CFR 2.32 as of 2024):
     # it travels with the notice. Empty: the notice alone.
     part2_consent_scope: str = ""
+    # [review]: "none" (notes go as they come) | "cosign" (a supervisor co-signs each new
+    # note version first); service_codes, when set, limits review to those codes.
+    review_policy: str = "none"
+    review_service_codes: tuple[str, ...] = ()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -155,6 +160,8 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
         create_patients=values["patients.create_missing"],
         part2_notice=values["part2.notice"],
         part2_consent_scope=values["part2.consent_scope"],
+        review_policy=values["review.policy"],
+        review_service_codes=tuple(values["review.service_codes"]),
     )
 
 
@@ -167,7 +174,7 @@ _REQUIRED = object()
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    kind: str  # "text", "bool" or "number"
+    kind: str  # "text", "bool", "number" or "list"
     default: Any = _REQUIRED
     check: _Check | None = None
 
@@ -209,6 +216,22 @@ def _per_source_system(value: str) -> str | None:
 def _service_code(value: str) -> str | None:
     if not _SERVICE_CODE.fullmatch(value):
         return "must be a HCPCS/CPT code: 4 to 7 capital letters or digits"
+    return None
+
+
+def _review_policy(value: str) -> str | None:
+    if value not in REVIEW_POLICIES:
+        return "must be one of " + ", ".join(f'"{p}"' for p in REVIEW_POLICIES)
+    return None
+
+
+def _service_codes(value: list[Any]) -> str | None:
+    for index, code in enumerate(value):
+        if not isinstance(code, str) or not _SERVICE_CODE.fullmatch(code):
+            return (f"item {index + 1}: must be a HCPCS/CPT code: 4 to 7 capital letters "
+                    "or digits")
+    if len(set(value)) != len(value):
+        return "must not list a code twice"
     return None
 
 
@@ -254,6 +277,10 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "notes": {"allow_markdown": _Key("bool", default=False)},
     "patients": {"create_missing": _Key("bool", default=False)},
     "part2": {"notice": _Key("text"), "consent_scope": _Key("text", default="")},
+    "review": {
+        "policy": _Key("text", default="none", check=_review_policy),
+        "service_codes": _Key("list", default=[], check=_service_codes),
+    },
 }
 
 
@@ -271,6 +298,9 @@ def _kind_problem(kind: str, value: Any) -> str | None:
     elif kind == "bool":
         if not isinstance(value, bool):
             return "must be true or false"
+    elif kind == "list":
+        if not isinstance(value, list):
+            return 'must be a list, e.g. ["H0038"]'
     elif kind == "number":
         if isinstance(value, bool) or not isinstance(value, int | float):
             return "must be a number"

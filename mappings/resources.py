@@ -358,11 +358,13 @@ def provenance_json(
     organization_ref: str,
     part2: bool = False,
     activity: str | None = None,
+    verifier_ref: str | None = None,
 ) -> dict[str, Any]:
     """US Core Provenance, as validated JSON: the specialist authored, our Device transmitted,
-    both for the agency.
+    both for the agency; a co-signing supervisor (``verifier_ref``) verified.
 
     ``activity`` is a v3-DataOperation code: CREATE, UPDATE or NULLIFY (a retraction).
+    An R4 agent has no time of its own: the co-signature's time is in the audit log.
     """
     if isinstance(targets, str) or not targets:
         raise ValueError("targets must be a non-empty sequence of references")
@@ -384,6 +386,12 @@ def provenance_json(
             },
         ],
     }
+    if verifier_ref:
+        data["agent"].append({
+            "type": _concept(PROVENANCE_PARTICIPANT, "verifier", "Verifier"),
+            "who": _ref(verifier_ref),
+            "onBehalfOf": on_behalf_of,
+        })
     if activity is not None:
         if activity not in PROVENANCE_ACTIVITIES:
             raise ValueError(f"activity must be one of {', '.join(PROVENANCE_ACTIVITIES)}")

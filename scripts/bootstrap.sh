@@ -59,3 +59,14 @@ if [ ! -x .venv-ehr/bin/sekmet ] || [ "$(cat .venv-ehr/.peersync-stamp 2>/dev/nu
   test -x .venv-ehr/bin/sekmet
   echo "$want_ehr" > .venv-ehr/.peersync-stamp
 fi
+
+# axe-core for the accessibility browser tests: pinned in tests/browser/package-lock.json,
+# installed with `npm ci` into tests/browser/node_modules (re-installed when the lock changes).
+# Without npm the browser tests that need it fail and say how to install it.
+want_axe=$(stamp tests/browser/package-lock.json)
+if command -v npm >/dev/null \
+    && [ "$(cat tests/browser/node_modules/.peersync-stamp 2>/dev/null)" != "$want_axe" ]; then
+  echo "installing axe-core (npm ci in tests/browser) ..."
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$want_axe" > tests/browser/node_modules/.peersync-stamp
+fi

@@ -39,6 +39,12 @@ if [ ! -x /usr/bin/chromium ] && [ -z "${PEERSYNC_SKIP_BROWSER:-}" ]; then
   [ -x /usr/bin/chromium ] || { echo "chromium could not be installed (set PEERSYNC_SKIP_BROWSER=1 to skip the browser tests)" >&2; exit 1; }
 fi
 
+# axe-core (npm; pinned in tests/browser/package-lock.json) for the accessibility browser tests.
+if [ -z "${PEERSYNC_SKIP_BROWSER:-}" ] && [ ! -f tests/browser/node_modules/axe-core/axe.min.js ]; then
+  command -v npm >/dev/null || { echo "npm is needed for axe-core (the accessibility tests): install Node.js, or set PEERSYNC_SKIP_BROWSER=1" >&2; exit 1; }
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"

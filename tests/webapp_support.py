@@ -20,8 +20,9 @@ PASSWORDS = {
     "alex": "alex-password-17",  # specialist S-17
     "priya": "priya-password-22",  # specialist S-22
     "audrey": "audrey-password-9",  # auditor
+    "sam": "sam-password-supervisor-90",  # supervisor S-90 of every specialist
 }
-ROLE_USER = {"admin": "admin", "specialist": "alex", "auditor": "audrey"}
+ROLE_USER = {"admin": "admin", "specialist": "alex", "auditor": "audrey", "supervisor": "sam"}
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 _STARTED = re.compile(r'name="started" value="([^"]+)"')
 
@@ -99,6 +100,8 @@ def add_users(home: Home) -> None:
         add_user(store, "priya", role="specialist", specialist_id="S-22",
                  password=PASSWORDS["priya"], actor="test")
         add_user(store, "audrey", role="auditor", password=PASSWORDS["audrey"], actor="test")
+        add_user(store, "sam", role="supervisor", specialist_id="S-90",
+                 password=PASSWORDS["sam"], actor="test")
     finally:
         store.close()
 

@@ -113,6 +113,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for module in (auth, dashboard, records, document, matching, holds, audit, doctime,
                    settings, api, metrics):
         app.register_blueprint(module.bp)
+    from webapp import amend  # the document form's amend/retract/resubmit (issue 10)
+
+    app.register_blueprint(amend.bp)
+    from webapp import review  # the supervisor's review queue (issue 10)
+
+    app.register_blueprint(review.bp)
     csrf.exempt(api.bp)  # bearer tokens, not cookies: no cross-site request can carry one
     csrf.exempt(metrics.bp)
     app.add_url_rule("/", endpoint="index", view_func=auth.index)
@@ -271,6 +277,9 @@ def get_store() -> Any:
             config = peersync_config()
             key = load_audit_key(config.folder, config.audit_key_file, os.environ)
             store = Store.from_url(config.database_url, audit_key=key)
+            from connector.review import ReviewRule
+
+            store.review_rule = ReviewRule.of(peersync_profile())  # [review]
             _serial_queries(store.engine)
             current_app.extensions["peersync_store"] = store
         g.store = store

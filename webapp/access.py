@@ -26,6 +26,9 @@ from connector.accounts import ROLES, Token, User, check_token, user_for_session
 F = TypeVar("F", bound=Callable[..., Any])
 
 PUBLIC = "public"
+# The roles tied to a staff id: they document notes as it (a supervisor documents its own
+# notes too, and co-signs or returns those of the specialists it supervises: webapp.review).
+AUTHORS = ("specialist", "supervisor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +92,20 @@ class WebUser(UserMixin):  # type: ignore[misc]
 
     @property
     def sees_phi(self) -> bool:
-        """Names and note text: admins, and a specialist for its own records (checked per page)."""
-        return self.user.role in ("admin", "specialist")
+        """Names and note text: admins, a specialist for its own records, a supervisor for its
+        own and its specialists' records (checked per page)."""
+        return self.user.role in ("admin", "specialist", "supervisor")
+
+
+def supervisor_staff(user: WebUser) -> tuple[str, ...] | None:
+    """The staff ids whose records a supervisor sees: its own and those it supervises;
+    None when it supervises every specialist."""
+    from webapp import get_store
+
+    limited = get_store().supervised(user.user.id)
+    if not limited:
+        return None
+    return (user.specialist_id or "", *limited)
 
 
 def me() -> WebUser:

@@ -24,7 +24,7 @@ from connector.reports import AuditQuery, audit_actions, audit_page
 from connector.states import ALL_STATES
 from webapp import get_store, params
 from webapp.access import me, roles
-from webapp.views import agency_tz
+from webapp.views import agency_tz, date_filters
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 
@@ -46,9 +46,7 @@ def _start_of(day: date | None, *, next_day: bool = False) -> datetime | None:
 @roles("admin", "auditor")
 def index() -> str:
     args = {k: (request.args.get(k) or "").strip()[:128] for k in FILTERS}
-    since, until = _day(args["from"]), _day(args["to"])
-    args["from"] = since.isoformat() if since else ""
-    args["to"] = until.isoformat() if until else ""
+    since, until, errors = date_filters(args)  # errors: shown beside the fields
     query = AuditQuery(since=_start_of(since), until=_start_of(until, next_day=True),
                        actor=args["actor"] or None, record_id=args["record"] or None,
                        outcome=args["outcome"] or None)
@@ -61,7 +59,7 @@ def index() -> str:
     return render_template("audit.html", rows=rows[:PAGE],
                            older=rows[PAGE - 1]["seq"] if len(rows) > PAGE else None,
                            args=args, filters={k: v for k, v in args.items() if v},
-                           outcomes=outcomes, before=before)
+                           outcomes=outcomes, before=before, errors=errors)
 
 
 def _export_query() -> AuditQuery:

@@ -42,10 +42,12 @@ def safe_next(target: str | None) -> str | None:
 def home_for(role: str) -> str:
     if role == "specialist":
         return url_for("document.form")
+    if role == "supervisor":
+        return url_for("review.queue")
     return url_for("dashboard.index")
 
 
-@roles("admin", "specialist", "auditor")
+@roles("admin", "specialist", "auditor", "supervisor")
 def index() -> Any:
     return redirect(home_for(me().role))
 
@@ -84,7 +86,7 @@ def login() -> Any:
 
 
 @bp.post("/logout")
-@roles("admin", "specialist", "auditor")
+@roles("admin", "specialist", "auditor", "supervisor")
 def logout() -> Any:
     logout_user()
     sessions.end()  # the row is deleted: the cookie names nothing any more

@@ -15,6 +15,15 @@ from webapp.views import agency_tz
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
+# what each waiting state's link on the "Waiting" card says ("3 records waiting for ...")
+WAITING_WORDS = {
+    "waiting_patient": "waiting for a participant match",
+    "waiting_staff": "waiting for a practitioner match",
+    "waiting_consent": "waiting for the participant's consent",
+    "waiting_encounter": "waiting for an EHR encounter",
+    "waiting_review": "waiting for a supervisor's review",
+}
+
 
 @bp.get("/")
 @roles("admin", "auditor")
@@ -30,4 +39,5 @@ def index() -> str:
     outage = gate.read(store)
     waiting = 0 if outage.is_open else gate.waiting_count(store)
     return render_template("dashboard.html", data=data, states=ALL_STATES, ehr=ehr_status(),
-                           chart=chart, outage=outage, outage_waiting=waiting)
+                           chart=chart, outage=outage, outage_waiting=waiting,
+                           waiting_words=WAITING_WORDS)

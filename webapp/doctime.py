@@ -14,7 +14,7 @@ from flask import Blueprint, render_template, request
 
 from connector.reports import documentation_time, weekly_totals
 from webapp import get_store, params, peersync_profile
-from webapp.access import me, roles
+from webapp.access import AUTHORS, me, roles
 from webapp.charts import bar_chart
 from webapp.views import agency_tz
 
@@ -28,7 +28,7 @@ def _day(value: str | None) -> date | None:
 
 
 @bp.get("/")
-@roles("admin", "auditor", "specialist")
+@roles("admin", "auditor", *AUTHORS)
 def index() -> str:
     user = me()
     tz = agency_tz()
@@ -39,7 +39,7 @@ def index() -> str:
     if since > until:
         since, until = until, since
     specialist = (request.args.get("specialist") or "").strip() or None
-    if user.role == "specialist":
+    if user.role in AUTHORS:
         specialist = user.specialist_id
     profile = peersync_profile()
     rows = documentation_time(get_store(), tz=tz, reentry_minutes=profile.reentry_minutes,
@@ -60,4 +60,4 @@ def index() -> str:
     return render_template("doctime.html", rows=rows, weeks=weeks, chart=chart, grand=grand,
                            since=since, until=until, specialist=specialist or "",
                            reentry=profile.reentry_minutes, tz_key=tz.key,
-                           fixed_specialist=user.role == "specialist")
+                           fixed_specialist=user.role in AUTHORS)

@@ -20,6 +20,8 @@ from webapp.ehr import sync_pass
 
 bp = Blueprint("holds", __name__, url_prefix="/holds")
 
+Errors = dict[str, list[str]]  # field name -> messages, shown beside the field
+
 
 def _by_participant(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups = []
@@ -32,12 +34,21 @@ def _by_participant(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return groups
 
 
+def _refused(template: str, state: JobState, key: tuple[str, str], errors: Errors,
+             values: dict[str, str]) -> tuple[str, int]:
+    """The page again, the form that was sent showing its errors beside its fields and the
+    values entered kept (400): nothing was recorded."""
+    groups = _by_participant(held_records(get_store(), state))
+    return render_template(template, groups=groups, can_act=True, failed=key, errors=errors,
+                           values=values), 400
+
+
 @bp.get("/consent")
 @roles("admin", "auditor")
 def consent() -> str:
     rows = held_records(get_store(), JobState.WAITING_CONSENT)
     return render_template("holds_consent.html", groups=_by_participant(rows),
-                           can_act=me().role == "admin")
+                           can_act=me().role == "admin", failed=None, errors={}, values={})
 
 
 @bp.post("/consent")
@@ -46,12 +57,15 @@ def record_consent() -> Any:
     source = request.form.get("source", "")
     participant_id = request.form.get("participant", "")
     consent_id = request.form.get("consent_id", "").strip() or None
-    if not (source and participant_id) or request.form.get("confirm") != "on":
-        flash("Tick the box to confirm that the participant's written consent is on file.",
-              "error")
-        return redirect(url_for("holds.consent"))
+    if not (source and participant_id):
+        abort(400)
     if consent_id is not None and len(consent_id) > 64:
         abort(400)
+    if request.form.get("confirm") != "on":
+        return _refused("holds_consent.html", JobState.WAITING_CONSENT,
+                        (source, participant_id), {"confirm": [
+                            "Tick the box to confirm that the participant's written consent "
+                            "is on file."]}, {"consent_id": consent_id or ""})
     user = me()
     released = get_store().set_consent(source=source, participant_id=participant_id,
                                        status="active", actor=user.actor,
@@ -67,7 +81,7 @@ def record_consent() -> Any:
 def encounter() -> str:
     rows = held_records(get_store(), JobState.WAITING_ENCOUNTER)
     return render_template("holds_encounter.html", groups=_by_participant(rows),
-                           can_act=me().role == "admin")
+                           can_act=me().role == "admin", failed=None, errors={}, values={})
 
 
 @bp.post("/encounter")
@@ -100,9 +114,10 @@ def link_encounter() -> Any:
     encounter_id = request.form.get("encounter_id", "").strip()
     if not (source and record_id) or len(encounter_id) > 64:
         abort(400)
+    key = (source, record_id)
     if not encounter_id:
-        flash("Enter the EHR's Encounter id.", "error")
-        return redirect(url_for("holds.encounter"))
+        return _refused("holds_encounter.html", JobState.WAITING_ENCOUNTER, key,
+                        {"encounter_id": ["Enter the EHR's Encounter id."]}, {})
     user = me()
     try:
         with ehr_client() as client:
@@ -110,8 +125,9 @@ def link_encounter() -> Any:
                           "Encounter", encounter_id, JobState.WAITING_ENCOUNTER,
                           actor=user.actor, source=source, record_id=record_id)
     except (EhrError, ValueError) as exc:
-        flash(f"Encounter/{encounter_id} could not be linked: {exc}", "error")
-        return redirect(url_for("holds.encounter"))
+        return _refused("holds_encounter.html", JobState.WAITING_ENCOUNTER, key,
+                        {"encounter_id": [f"Encounter/{encounter_id} could not be linked: {exc}"]},
+                        {"encounter_id": encounter_id})
     flash(f"Record {record_id} linked to {linked.reference}; {linked.released} record(s) "
           "released.", "info")
     sync_pass(user.actor)

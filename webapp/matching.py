@@ -88,7 +88,15 @@ def _waiting_participant(source: str, participant_id: str) -> dict[str, Any]:
     return wanted
 
 
-def _patient_page(wanted: dict[str, Any], form: dict[str, str]) -> str:
+def _search_errors(asked: bool, params: dict[str, str], error: str | None,
+                   nothing: str) -> dict[str, list[str]]:
+    """The search form's errors, tied to its first field: nothing to search by, or the EHR's."""
+    if asked and not params:
+        return {"name": [nothing]}
+    return {"name": [error]} if error else {}
+
+
+def _patient_page(wanted: dict[str, Any], form: dict[str, str], *, asked: bool = False) -> str:
     params: dict[str, str] = {}
     if form["name"].strip():
         params["name"] = form["name"].strip()
@@ -97,8 +105,9 @@ def _patient_page(wanted: dict[str, Any], form: dict[str, str]) -> str:
     if form["mrn"].strip():
         params["identifier"] = f"{peersync_profile().mrn_system}|{form['mrn'].strip()}"
     results, error = _search("Patient", params)
+    errors = _search_errors(asked, params, error, "Give a name, a birth date or an MRN to search.")
     return render_template("match_patient.html", row=wanted, form=form, results=results,
-                           error=error, searched=bool(params))
+                           error=error, errors=errors, searched=bool(params) and not error)
 
 
 @bp.get("/patient")
@@ -127,7 +136,7 @@ def search_patient() -> str:
     wanted = _waiting_participant(request.form.get("source", ""),
                                   request.form.get("participant", ""))
     form = {key: request.form.get(key, "")[:200] for key in ("name", "birthdate", "mrn")}
-    return _patient_page(wanted, form)
+    return _patient_page(wanted, form, asked=True)
 
 
 @bp.post("/patient")
@@ -177,8 +186,9 @@ def staff() -> str:
     if form["staff"].strip():
         params["identifier"] = f"{peersync_profile().staff_system}|{form['staff'].strip()}"
     results, error = _search("Practitioner", params)
+    errors = _search_errors(searched, params, error, "Give a name or a staff id to search.")
     return render_template("match_staff.html", row=wanted, form=form, results=results,
-                           error=error, searched=bool(params))
+                           error=error, errors=errors, searched=bool(params) and not error)
 
 
 @bp.post("/staff")

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
+from connector import reasons
 from connector.reports import (
     RecordDetail,
     RecordQuery,
@@ -23,19 +24,15 @@ from connector.reports import (
     records_page,
     state_counts,
 )
-from connector.states import ALL_STATES, JobState
+from connector.states import ALL_STATES, WAITING_STATES, JobState
 from webapp import get_store, params, peersync_config
-from webapp.access import me, roles
+from webapp.access import me, roles, supervisor_staff
 from webapp.ehr import sync_pass
-from webapp.views import agency_tz
+from webapp.views import agency_tz, date_filters
 
 bp = Blueprint("records", __name__, url_prefix="/records")
 
 FILTERS = ("state", "specialist", "source", "from", "to", "q")
-
-
-def _day(value: str | None) -> date | None:
-    return params.parse_day(value)  # clamped into a range every page can compute with
 
 
 def _bound(day: date | None, *, next_day: bool = False) -> datetime | None:
@@ -47,7 +44,7 @@ def _bound(day: date | None, *, next_day: bool = False) -> datetime | None:
 
 
 @bp.get("/")
-@roles("admin", "auditor", "specialist")
+@roles("admin", "auditor", "specialist", "supervisor")
 def index() -> str:
     user = me()
     args = {k: (request.args.get(k) or "").strip() for k in FILTERS}
@@ -55,9 +52,10 @@ def index() -> str:
         args["state"] = ""
     if user.role == "specialist":
         args["specialist"] = user.specialist_id or ""
-    since, until = _day(args["from"]), _day(args["to"])
-    args["from"] = since.isoformat() if since else ""
-    args["to"] = until.isoformat() if until else ""
+    allowed = supervisor_staff(user) if user.role == "supervisor" else None
+    if allowed is not None and args["specialist"] not in allowed:
+        args["specialist"] = user.specialist_id or ""  # a supervisor: own and supervised only
+    since, until, errors = date_filters(args)  # errors: shown beside the fields
     query = RecordQuery(
         state=args["state"] or None,
         specialist_id=args["specialist"] or None,
@@ -76,6 +74,8 @@ def index() -> str:
     sources, staff = filter_choices(store)
     if user.role == "specialist":
         staff = [user.specialist_id or ""]
+    elif allowed is not None:
+        staff = list(allowed)
     filters = {k: v for k, v in args.items() if v}
     return render_template(
         "records.html",
@@ -91,6 +91,7 @@ def index() -> str:
         sources=sources,
         staff=staff,
         counts=counts,
+        errors=errors,
         # kept for the first page's template and its tests
         state=args["state"] or None,
     )
@@ -101,7 +102,10 @@ def _own_detail(job_id: int) -> RecordDetail:
     detail = record_detail(get_store(), job_id)
     user = me()
     if detail is None or (user.role == "specialist"
-                          and detail.job["specialist_id"] != user.specialist_id):
+                          and detail.job["specialist_id"] != user.specialist_id) or (
+            user.role == "supervisor"
+            and detail.job["specialist_id"] not in (supervisor_staff(user)
+                                                    or (detail.job["specialist_id"],))):
         abort(404)
     return detail
 
@@ -128,7 +132,7 @@ def _redacted(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/<int:job_id>")
-@roles("admin", "auditor", "specialist")
+@roles("admin", "auditor", "specialist", "supervisor")
 def detail(job_id: int) -> str:
     record = _own_detail(job_id)
     user = me()
@@ -168,8 +172,24 @@ def retry(job_id: int) -> Any:
     user = me()
     count = get_store().requeue([job_id], actor=user.actor)
     if count:
-        flash("Re-queued for the EHR.", "info")
         sync_pass(user.actor)
+        after = record_detail(get_store(), job_id)
+        flash(*_retry_outcome(after.job if after else {}))
     else:
         flash("Only a record that needs attention can be retried.", "error")
     return redirect(url_for("records.detail", job_id=job_id))
+
+
+def _retry_outcome(job: dict[str, Any]) -> tuple[str, str]:
+    """What a retry did, honestly: sent and taken, sent and refused again, or only queued."""
+    state, why = job.get("state"), reasons.label(job.get("reason"))
+    if state == JobState.SYNCED.value:
+        return "Sent again: the EHR has it now.", "info"
+    if state == JobState.NEEDS_ATTENTION.value:
+        return f"Sent again and refused again: {why or 'see the EHR answer below'}.", "error"
+    if state in WAITING_STATES:
+        return f"Re-queued for the EHR; it waits again: {why}.", "info"
+    if state == JobState.RETRY_SCHEDULED.value:
+        return ("Re-queued for the EHR; the EHR did not take it now "
+                f"({why or 'unreachable'}), it is tried again later."), "info"
+    return "Re-queued for the EHR: the next sync sends it.", "info"

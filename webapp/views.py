@@ -11,16 +11,19 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from connector import reasons
+
 # (endpoint, label, roles): the navigation, in order.
 NAV = (
     ("dashboard.index", "Dashboard", {"admin", "auditor"}),
-    ("records.index", "Records", {"admin", "auditor", "specialist"}),
-    ("document.form", "Document", {"specialist"}),
+    ("records.index", "Records", {"admin", "auditor", "specialist", "supervisor"}),
+    ("document.form", "Document", {"specialist", "supervisor"}),
+    ("review.queue", "Review", {"supervisor"}),
     ("matching.index", "Waiting for a match", {"admin"}),
     ("holds.consent", "Waiting for consent", {"admin", "auditor"}),
     ("holds.encounter", "Waiting for an encounter", {"admin", "auditor"}),
     ("audit.index", "Audit log", {"admin", "auditor"}),
-    ("doctime.index", "Documentation time", {"admin", "auditor", "specialist"}),
+    ("doctime.index", "Documentation time", {"admin", "auditor", "specialist", "supervisor"}),
     ("settings.index", "Settings", {"admin"}),
 )
 
@@ -87,17 +90,65 @@ def minutes(value: float | None) -> str:
     return f"{value:.0f}" if value >= 10 else f"{round(value, 1):g}"
 
 
+def _is_current(endpoint: str) -> bool:
+    """The nav item of the page shown (its blueprint; the holds pages one by one)."""
+    shown = request.endpoint or ""
+    if endpoint.startswith("holds."):
+        return shown == endpoint
+    return shown.split(".")[0] == endpoint.split(".")[0]
+
+
+def field_id(name: str, suffix: str | int = "") -> str:
+    """A form field's element id from its name (``participant.id`` -> ``f-participant-id``)."""
+    base = "f-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+    return f"{base}-{suffix}" if suffix != "" else base
+
+
+def date_range_errors(raw: dict[str, str], since: Any, until: Any) -> dict[str, list[str]]:
+    """A filter form's date errors (fields ``from`` and ``to``), tied to the fields on the page.
+
+    ``raw``: the dates as typed; ``since``/``until``: as parsed (None: empty or not a date).
+    """
+    errors: dict[str, list[str]] = {}
+    for name, parsed in (("from", since), ("to", until)):
+        if (raw.get(name) or "").strip() and parsed is None:
+            errors[name] = [f"Enter the {name.title()} date as a date, e.g. 2026-11-23."]
+    if since is not None and until is not None and since > until:
+        errors["to"] = ["The To date must be on or after the From date."]
+    return errors
+
+
+def date_filters(args: dict[str, str]) -> tuple[Any, Any, dict[str, list[str]]]:
+    """A filter form's From and To days (``args["from"]``, ``args["to"]``) and their errors.
+
+    Valid days are written back to ``args`` as ISO dates; with an error, the typed text stays
+    in ``args`` (shown again in the field) and neither day narrows the list.
+    """
+    from webapp import params
+
+    since, until = params.parse_day(args.get("from")), params.parse_day(args.get("to"))
+    errors = date_range_errors(args, since, until)
+    if errors:
+        return None, None, errors
+    args["from"] = since.isoformat() if since else ""
+    args["to"] = until.isoformat() if until else ""
+    return since, until, errors
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.filters["local"] = local
     app.jinja_env.filters["ago"] = ago
     app.jinja_env.filters["minutes"] = minutes
     app.jinja_env.filters["when"] = when
+    app.jinja_env.filters["reason"] = reasons.label  # "words (code)": the code stays for support
+    app.jinja_env.filters["reason_words"] = reasons.describe
+    app.jinja_env.filters["fid"] = field_id
 
     @app.context_processor
     def navigation() -> dict[str, Any]:
         items = []
         if current_user.is_authenticated:
-            items = [(endpoint, label) for endpoint, label, roles in NAV
+            items = [(endpoint, label, _is_current(endpoint)) for endpoint, label, roles in NAV
                      if current_user.role in roles]
         return {"nav_items": items, "tz_name": agency_tz().key}
 

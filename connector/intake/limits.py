@@ -24,6 +24,8 @@ MAX_FIELDS: Final = 5_000  # keys and list items, all levels together
 MAX_ERRORS: Final = 50  # errors reported for one record; the rest are counted
 MAX_SPAN: Final = timedelta(hours=24)
 DOCUMENTATION_TOLERANCE_MINUTES: Final = 1.0
+# note.cosigned_at may be this far past the clock that checks it (the source tool's clock)
+COSIGN_SKEW: Final = timedelta(minutes=5)
 
 _BOM: Final = b"\xef\xbb\xbf"
 _JSON_WS: Final = b" \t\r\n"

@@ -8,12 +8,14 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from jsonschema import ValidationError
 
 from connector.errors import FieldError
 from connector.intake.limits import (
+    COSIGN_SKEW,
     DOCUMENTATION_TOLERANCE_MINUTES,
     MAX_DEPTH,
     MAX_FIELDS,
@@ -42,6 +44,9 @@ _PATTERN_MESSAGES: Final = {
     ),
     SCHEMA["properties"]["specialist"]["properties"]["npi"]["pattern"]: "must be 10 digits",
     SCHEMA["properties"]["note"]["properties"]["id"]["pattern"]: (
+        "must not contain control characters"
+    ),
+    SCHEMA["properties"]["note"]["properties"]["cosigned_by"]["pattern"]: (
         "must not contain control characters"
     ),
     SCHEMA["properties"]["service"]["properties"]["code"]["pattern"]: (
@@ -245,6 +250,7 @@ def _cross_field(obj: dict[str, Any], bad: set[str]) -> Iterator[FieldError]:
 
     note = obj.get("note")
     if isinstance(note, dict):
+        yield from _cosignature(obj, note, bad)
         has_started = "documentation_started" in note
         has_finished = "documentation_finished" in note
         if has_started and not has_finished:
@@ -273,6 +279,32 @@ def _cross_field(obj: dict[str, Any], bad: set[str]) -> Iterator[FieldError]:
                         "must agree with documentation_started/documentation_finished "
                         "within 1 minute",
                     )
+
+
+def _cosignature(obj: dict[str, Any], note: dict[str, Any], bad: set[str]
+                 ) -> Iterator[FieldError]:
+    """note.cosigned_by/_at (contract v2): both or neither; a co-signer is not the author;
+    signed no earlier than the session's start and no later than now (plus a clock skew)."""
+    has_by, has_at = "cosigned_by" in note, "cosigned_at" in note
+    if has_by != has_at:
+        missing = "note.cosigned_at" if has_by else "note.cosigned_by"
+        other = "cosigned_by" if has_by else "cosigned_at"
+        yield FieldError(missing, f"required when {other} is given")
+        return
+    if not has_by:
+        return
+    specialist = obj.get("specialist")
+    author = specialist.get("id") if isinstance(specialist, dict) else None
+    if "note.cosigned_by" not in bad and note["cosigned_by"] == author:
+        yield FieldError("note.cosigned_by", "must not be the specialist who wrote the note")
+    if "note.cosigned_at" in bad:
+        return
+    signed = parse_datetime(note["cosigned_at"])
+    start = obj.get("start")
+    if isinstance(start, str) and "start" not in bad and signed < parse_datetime(start):
+        yield FieldError("note.cosigned_at", "must not be before start")
+    elif signed > datetime.now(UTC) + COSIGN_SKEW:
+        yield FieldError("note.cosigned_at", "must not be in the future")
 
 
 def _valid_id(obj: object) -> str | None:

@@ -17,8 +17,10 @@ from connector.store.base import (
     StoreError,
     utcnow,
 )
+from connector.store.drafts import DraftsMixin
 from connector.store.ledger import LedgerMixin
 from connector.store.outbox import OutboxMixin
+from connector.store.review import ReviewMixin
 from connector.store.versions import VersionsMixin
 
 __all__ = [
@@ -33,6 +35,6 @@ __all__ = [
 ]
 
 
-class Store(VersionsMixin, OutboxMixin, LedgerMixin):
+class Store(VersionsMixin, OutboxMixin, LedgerMixin, DraftsMixin, ReviewMixin):
     """All reads and writes of PeerSync's database (see the modules of this package)."""
 

@@ -20,7 +20,7 @@ from connector.schema import (
     jobs,
     record_versions,
 )
-from connector.states import ALL_STATES, UNFINISHED_STATES, WAITING_STATES, JobState
+from connector.states import ALL_STATES, RESOLVED_BY_SYNC, UNFINISHED_STATES, JobState
 from connector.store.base import Job, _aware, _utc, utcnow
 from connector.store.consent import ConsentMixin
 
@@ -53,7 +53,8 @@ class OutboxMixin(ConsentMixin):
 
         Due: pending; retry_scheduled or unknown whose time has come; in_flight
         whose lease expired (its worker died); and, once per run, the waiting
-        ones (so a new EHR Patient or Practitioner is found at every sync).
+        ones (so a new EHR Patient or Practitioner is found at every sync), but
+        not those waiting for review: only a supervisor's co-signature releases them.
         A job is never due while an earlier version of the same record is
         unfinished.
         """
@@ -70,7 +71,7 @@ class OutboxMixin(ConsentMixin):
             due = or_(
                 due,
                 and_(
-                    jobs.c.state.in_([s.value for s in WAITING_STATES]),
+                    jobs.c.state.in_([s.value for s in RESOLVED_BY_SYNC]),
                     or_(jobs.c.run_id.is_(None), jobs.c.run_id != run_id),
                 ),
             )

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from connector.audit_chain import append as append_audit
 from connector.records import EncounterRecord
+from connector.review import NO_REVIEW, ReviewRule, carried_cosignature
 from connector.schema import (
     jobs,
     record_versions,
@@ -32,6 +33,11 @@ log = logging.getLogger("peersync.store")
 
 
 class VersionsMixin(ConsentMixin):
+    # The profile's [review] (connector.review), set by whoever opens the store for a
+    # deployment (connector.wiring, the web app): which new versions wait for review.
+    # The default holds none.
+    review_rule: ReviewRule = NO_REVIEW
+
     # -- intake -----------------------------------------------------------
 
     def add_records(
@@ -98,6 +104,8 @@ class VersionsMixin(ConsentMixin):
         if not fresh:
             return AddSummary(unchanged=unchanged)
         rows = [_version_row(record, now=now, actor=actor) for record in fresh]
+        # pending, or waiting_review where the profile's [review] holds it (connector.review)
+        starts = [self.review_rule.initial_state(record).value for record in fresh]
         ids = (
             conn.execute(
                 insert(record_versions).returning(
@@ -116,12 +124,13 @@ class VersionsMixin(ConsentMixin):
                         "record_version_id": version_id,
                         "source": record.source,
                         "record_id": record.id,
-                        "state": JobState.PENDING.value,
+                        "state": state,
+                        "reason": "review-required" if state != JobState.PENDING else None,
                         "attempts": 0,
                         "created_at": now,
                         "updated_at": now,
                     }
-                    for version_id, record in zip(ids, fresh, strict=True)
+                    for version_id, record, state in zip(ids, fresh, starts, strict=True)
                 ],
             )
             .scalars()
@@ -137,10 +146,11 @@ class VersionsMixin(ConsentMixin):
                 "record_version_id": version_id,
                 "job_id": job_id,
                 "state_from": None,
-                "state_to": JobState.PENDING.value,
-                "detail": {"content_hash": record.content_hash},
+                "state_to": state,
+                "detail": {"content_hash": record.content_hash, **_cosigned(record)},
             }
-            for version_id, job_id, record in zip(ids, job_ids, fresh, strict=True)
+            for version_id, job_id, record, state in zip(ids, job_ids, fresh, starts,
+                                                          strict=True)
         ]
         self._remember_specialists(conn, fresh, now=now)
         for record in fresh:
@@ -206,6 +216,14 @@ class VersionsMixin(ConsentMixin):
                 ).where(record_versions.c.id.in_(list(record_version_ids)))
             ).all()
         return {row.id: EncounterRecord.from_json(row.source, row.payload) for row in rows}
+
+
+def _cosigned(record: EncounterRecord) -> dict[str, str]:
+    """A co-signature the record arrived with, for its audit event (a staff id and a time)."""
+    signature = carried_cosignature(record)
+    if signature is None:
+        return {}
+    return {"cosigned_by": signature.staff_id, "cosigned_at": signature.at.isoformat()}
 
 
 def _version_row(record: EncounterRecord, *, now: datetime, actor: str) -> dict[str, Any]:

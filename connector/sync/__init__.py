@@ -12,9 +12,10 @@ Modules, in the order a record goes through them:
 """
 
 from connector.sync.agency import ensure_agency
-from connector.sync.engine import SyncEngine, wait_rule
+from connector.sync.engine import SyncEngine
 from connector.sync.model import EmptyLedger, Plan, Refs, SyncContext, SyncSummary, Wait, Write
 from connector.sync.planner import Planned, plan_record
+from connector.sync.rules import wait_rule
 from connector.sync.senders import bundle_for
 
 __all__ = ["EmptyLedger", "Plan", "Planned", "Refs", "SyncContext", "SyncEngine", "SyncSummary",

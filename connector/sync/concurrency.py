@@ -144,3 +144,24 @@ class InFlight:
         with self._cond:
             self._free += 1
             self._cond.notify_all()
+
+
+class HeldJobs:
+    """The jobs of a pipelined worker's claims whose sends have not ended: never claimed
+    again by it, even if their lease ran out meanwhile (``Store.claim(exclude=)``)."""
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+
+    def add(self, job_ids: set[int]) -> None:
+        with self._lock:
+            self._ids |= job_ids
+
+    def release(self, job_ids: set[int]) -> None:
+        with self._lock:
+            self._ids -= job_ids
+
+    def ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._ids)

@@ -3,14 +3,12 @@
 One pass of :meth:`SyncEngine.run_once`:
 
 1. claim a batch of due jobs (atomic, leased);
-2. for each record decide whether it can go (:func:`wait_rule`: Part 2 consent,
-   nothing to retract), then resolve its references (:mod:`.resolve`) so that
-   bundles hold literal references only;
+2. for each record decide whether it can go (:mod:`.rules`), then resolve its
+   references (:mod:`.resolve`) so that bundles hold literal references only;
 3. plan its writes (:mod:`.planner`, pure, consulting the write plan and the ledger);
 4. send them in the EHR's style (:mod:`.senders`), settling first whatever an
    earlier try left in doubt (:mod:`.recovery`);
-5. record the EHR's ids and versions in the ledger and the job's new state,
-   with an audit event (:mod:`.outcomes`).
+5. record the EHR's ids and versions, the job's new state, audit events (:mod:`.outcomes`).
 
 :meth:`SyncEngine.run` pipelines these passes: steps 4-5 of one claim run on a
 sending thread while steps 1-3 of the next run here (the claim's look-ups made
@@ -38,28 +36,22 @@ from connector.config import Config
 from connector.errors import ConnectorError
 from connector.fhir_client import FhirClient
 from connector.records import EncounterRecord
+from connector.review import Cosignature, ReviewRule, carried_cosignature
 from connector.states import JobState
 from connector.store import Job, Store, utcnow
-from connector.sync.concurrency import InFlight, LeaseRenewal
+from connector.sync.concurrency import HeldJobs, InFlight, LeaseRenewal
+from connector.sync.cosign import cosigner, earlier_cosigners
 from connector.sync.model import Plan, RecordLedger, Refs, SyncContext, SyncSummary, Wait
 from connector.sync.outcomes import Outcomes
 from connector.sync.planner import plan_record
 from connector.sync.recovery import Recovery
 from connector.sync.resolve import References
+from connector.sync.rules import wait_rule
 from connector.sync.senders import sender_for
 from connector.writeplan import WritePlan
 from mappings.profile import Profile
 
 log = logging.getLogger("peersync.sync")
-
-
-def wait_rule(record: EncounterRecord, *, consent: str | None, sent_before: bool) -> Wait | None:
-    """Why a record must not go yet, before any look-up: the one rule `map` shares."""
-    if record.part2 and consent != "active":
-        return Wait(JobState.WAITING_CONSENT, f"part2-consent-{consent or 'none'}")
-    if record.status == "entered_in_error" and not sent_before:
-        return Wait(JobState.SYNCED, "nothing-sent-nothing-to-retract")
-    return None
 
 
 class SyncEngine:
@@ -92,6 +84,7 @@ class SyncEngine:
         self.worker, self.clock = self.ctx.worker, clock
         self.outcomes = Outcomes(self.ctx, rng or random.Random())
         self.refs = References(self.ctx)
+        self.review = ReviewRule.of(profile)  # [review]: what may go only co-signed
         self.recovery = Recovery(self.ctx, self.outcomes)
         self.sender = sender_for(self.ctx, self.outcomes)
         # The EHR gate (connector.gate) as this worker last found it closed: until when.
@@ -103,8 +96,7 @@ class SyncEngine:
         # every request of this worker takes one of max_in_flight places (the client's)
         self._sends = ThreadPoolExecutor(max_workers=self.SENDING, thread_name_prefix="sync-send")
         self._sending: deque[Future[None]] = deque()
-        self._held: set[int] = set()  # ids of the jobs of the claims not yet finished
-        self._held_lock = threading.Lock()
+        self._held = HeldJobs()  # the jobs of the claims not yet finished
         if getattr(client, "in_flight", None) is None and hasattr(client, "in_flight"):
             client.in_flight = InFlight(max(1, config.ehr.max_in_flight))
         hooks = getattr(getattr(client, "session", None), "hooks", None)
@@ -209,7 +201,7 @@ class SyncEngine:
             return self.store.claim(
                 worker=self.worker, run_id=run_id, limit=1 if probe else self.claim_size(),
                 lease_s=self.config.sync.lease_s, include_waiting=include_waiting and not probe,
-                now=self.clock(), exclude=self._holding(), share_tail=True,
+                now=self.clock(), exclude=self._held.ids(), share_tail=True,
             )
 
         jobs = claim()
@@ -224,7 +216,7 @@ class SyncEngine:
             return 0
         summary.claimed += len(jobs)
         held = {job.id for job in jobs}
-        self._hold(held)  # until its sends end, even if its lease runs out meanwhile
+        self._held.add(held)  # until its sends end, even if its lease runs out meanwhile
         lease = LeaseRenewal(self.store, [job.id for job in jobs], worker=self.worker,
                              lease_s=self.config.sync.lease_s,
                              every_s=self.config.sync.renew_every_s)
@@ -233,7 +225,7 @@ class SyncEngine:
             plans = self._prepare_claim(jobs, summary)
         except BaseException:
             lease.stop()
-            self._hold(held, release=True)
+            self._held.release(held)
             raise
         while len(self._sending) >= self.SENDING:  # the oldest claim's sends end first
             self._sending.popleft().result()
@@ -242,17 +234,6 @@ class SyncEngine:
         if not pipelined or probe:
             self.finish_sending()
         return len(jobs)
-
-    def _hold(self, job_ids: set[int], *, release: bool = False) -> None:
-        with self._held_lock:
-            if release:
-                self._held -= job_ids
-            else:
-                self._held |= job_ids
-
-    def _holding(self) -> list[int]:
-        with self._held_lock:
-            return sorted(self._held)
 
     def finish_sending(self) -> None:
         """Wait for the claims still in flight (and raise what their sending raised)."""
@@ -273,7 +254,7 @@ class SyncEngine:
                     log.info("the EHR answers again: %d scheduled retries released", released)
         finally:
             lease.stop()
-            self._hold(held, release=True)
+            self._held.release(held)
 
     def _prepare_claim(self, jobs: list[Job], summary: SyncSummary) -> list[Plan]:
         """Each claimed record decided on: a plan to send, or its outcome recorded now.
@@ -285,19 +266,28 @@ class SyncEngine:
             entries = ledgers[(record.source, record.id)]
             return any(e.resource_type == "Encounter" and e.ehr_id for e in entries)
 
-        def may_look_up(record: EncounterRecord) -> bool:
+        # co-signatures made here (records carry their own): one read for the claim
+        signed = self.store.cosignatures([job.record_version_id for job in jobs])
+        signatures = {job.id: carried_cosignature(records[job.record_version_id])
+                      or signed.get(job.record_version_id) for job in jobs}
+
+        def may_look_up(job: Job) -> bool:
+            record = records[job.record_version_id]
+            if self.review.needs_review(record) and signatures[job.id] is None:
+                return False  # it waits for review: nothing is looked up for it yet
             # a Part 2 record's participant is looked up only once consent is active
             return not record.part2 or \
                 self.store.consent_status(record.source, record.participant.id) == "active"
 
-        self.refs.prefetch([records[job.record_version_id] for job in jobs
-                            if may_look_up(records[job.record_version_id])], encounter_known)
+        self.refs.prefetch([records[job.record_version_id] for job in jobs if may_look_up(job)],
+                           encounter_known)
         plans: list[Plan] = []
         for job in jobs:
             record = records[job.record_version_id]
             try:
                 ledger = RecordLedger(ledgers[(job.source, job.record_id)], self.store)
-                outcome = self._prepare(job, record, ledger)
+                signature = signatures[job.id]
+                outcome = self._prepare(job, record, ledger, signature)
             except ConnectorError as exc:
                 self.outcomes.fail(job, exc, summary)
                 continue
@@ -317,12 +307,15 @@ class SyncEngine:
 
     # -- deciding ---------------------------------------------------------
 
-    def _prepare(self, job: Job, record: EncounterRecord, ledger: RecordLedger) -> Plan | Wait:
+    def _prepare(self, job: Job, record: EncounterRecord, ledger: RecordLedger,
+                 signature: Cosignature | None = None) -> Plan | Wait:
         consent = (self.store.consent_status(record.source, record.participant.id)
                    if record.part2 else None)
         waiting = wait_rule(record, consent=consent,
-                            sent_before=bool(ledger.ledger_for_record(record.source, record.id)))
-        if waiting is not None and waiting.state is JobState.WAITING_CONSENT:
+                            sent_before=bool(ledger.ledger_for_record(record.source, record.id)),
+                            review=self.review, cosigned=signature is not None)
+        if waiting is not None and waiting.state in (JobState.WAITING_CONSENT,
+                                                     JobState.WAITING_REVIEW):
             return waiting
         if self._already_applied(job, record, ledger):
             # A re-send of a version the EHR already holds: no write, no second Provenance.
@@ -349,9 +342,13 @@ class SyncEngine:
             if isinstance(found, Wait):
                 return found
             encounter = found
+        authenticator = cosigner(self.ctx, self.refs, signature)
+        if isinstance(authenticator, Wait):
+            return authenticator
         org_ref, device_ref = self.refs.agency()
         refs = Refs(patient=patient, practitioner=practitioner, organization=org_ref,
-                    device=device_ref, encounter=encounter)
+                    device=device_ref, encounter=encounter, authenticator=authenticator,
+                    earlier_authenticators=earlier_cosigners(self.ctx, job, ledger))
         planned = plan_record(
             record, refs, key=str(job.id), profile=self.ctx.profile, plan=self.plan,
             ledger=ledger, recorded=self._recorded(job, ledger),

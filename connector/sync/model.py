@@ -127,6 +127,9 @@ class Refs:
     ``organization`` and ``device`` are "" where the write plan neither writes nor
     matches them (the note then names the agency as custodian by display only).
     ``encounter`` is the EHR's own Encounter where the EHR owns them ("" for none).
+    ``authenticator`` is the co-signing supervisor's Practitioner ("" for none), and
+    ``earlier_authenticators`` those of earlier versions of the note by record version
+    id (a superseded or retracted version keeps its own co-signer when re-written).
     """
 
     patient: str
@@ -134,6 +137,8 @@ class Refs:
     organization: str = ""
     device: str = ""
     encounter: str = ""
+    authenticator: str = ""
+    earlier_authenticators: dict[int, str] = field(default_factory=dict)
 
 
 class LedgerView(Protocol):

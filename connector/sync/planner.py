@@ -106,7 +106,8 @@ def plan_record(
     if plan.encounter == "contained":
         enc_ref = f"#{CONTAINED_ENCOUNTER_ID}"
 
-    def note_doc(rec: EncounterRecord, *, update: bool, **choices: Any) -> dict[str, Any]:
+    def note_doc(rec: EncounterRecord, *, update: bool, authenticator: str = "",
+                 **choices: Any) -> dict[str, Any]:
         part2_in_labels = plan.part2_in_labels
         shape = NoteShape(
             content_type=rules.content_type_update if update else rules.content_type,
@@ -121,6 +122,8 @@ def plan_record(
             encounter_ref=enc_ref, note_format=_format(rules.content_type),
             organization_ref=refs.organization, shape=shape,
             contained=contained_encounter(rec) if plan.encounter == "contained" else None,
+            # a co-signing supervisor, where the EHR keeps it (else audit log/Provenance only)
+            authenticator_ref=authenticator if rules.keeps_authenticator else None,
             **choices,
         )
 
@@ -134,7 +137,9 @@ def plan_record(
             amended = rules.amendment == "update" and note_version_number(
                 entry.identifier_value) > 1
             doc = note_doc(old, update=True, status=status,
-                           doc_status="amended" if amended else "final")
+                           doc_status="amended" if amended else "final",
+                           authenticator=refs.earlier_authenticators.get(
+                               entry.record_version_id, ""))
         doc["id"] = entry.ehr_id
         return Write("DocumentReference", doc,
                      urn("DocumentReference", entry.identifier_value, action, key), action,
@@ -156,7 +161,8 @@ def plan_record(
         newest = max(older, key=lambda e: note_version_number(e.identifier_value), default=None)
         if rules.amendment == "update" and newest is not None and same is None:
             # The same note, amended in place (docStatus amended), If-Match its version.
-            doc = note_doc(record, update=True, doc_status="amended")
+            doc = note_doc(record, update=True, doc_status="amended",
+                           authenticator=refs.authenticator)
             doc["id"] = newest.ehr_id
             doc_write = Write("DocumentReference", doc,
                               urn("DocumentReference", nv_system, nv_value, key), "amend",
@@ -167,7 +173,8 @@ def plan_record(
             replaces = f"DocumentReference/{newest.ehr_id}" if newest else None
             amended = rules.amendment == "update" and record.note.version > 1
             doc = note_doc(record, update=same is not None, replaces_ref=replaces,
-                           doc_status="amended" if amended and same else "final")
+                           doc_status="amended" if amended and same else "final",
+                           authenticator=refs.authenticator)
             doc_write = Write("DocumentReference", doc,
                               urn("DocumentReference", nv_system, nv_value, key),
                               "update" if same else "create", nv_system, nv_value,
@@ -227,6 +234,7 @@ def _provenance(record: EncounterRecord, refs: Refs, writes: list[Write], *,
         targets=targets, recorded=recorded, practitioner_ref=refs.practitioner,
         device_ref=refs.device, organization_ref=refs.organization, part2=record.part2,
         activity="NULLIFY" if retracting else ("CREATE" if first.action == "create" else "UPDATE"),
+        verifier_ref=refs.authenticator or None,  # the co-signing supervisor
     )
     return Write("Provenance", provenance, urn("Provenance", key), "provenance",
                  PROVENANCE_SYSTEM, f"{ledger_key}@{recorded.isoformat()}")

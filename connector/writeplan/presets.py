@@ -38,6 +38,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
         "keeps_identifiers": (bool, None),
         "keeps_security_labels": (bool, None),
         "keeps_relates_to": (bool, None),
+        "keeps_authenticator": (bool, None),
         "max_content": (int, (1, 2)),
         "content_type": (str, None),
         "content_type_update": (str, None),
@@ -59,6 +60,7 @@ class NoteRules:
     keeps_identifiers: bool
     keeps_security_labels: bool
     keeps_relates_to: bool
+    keeps_authenticator: bool  # a co-signing supervisor goes as DocumentReference.authenticator
     max_content: int
     content_type: str
     content_type_update: str

@@ -62,11 +62,12 @@ GOOD = {
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 _STARTED = re.compile(r'name="started" value="([^"]+)"')
-_INPUT = re.compile(r'<input type="[^"]*" name="([^"]+)" value="([^"]*)"')
-_TEXTAREA = re.compile(r'(<textarea name="note\.text"[^>]*>)(.*?)(</textarea>)', re.S)
-_FIELD_ERROR = re.compile(r'<span class="field-error" id="err-([^"]+)">(.*?)</span>', re.S)
-_GENERAL = re.compile(
-    r'<div class="flash flash-error" role="alert" id="form-errors">(.*?)</div>\s*<form', re.S)
+_INPUT = re.compile(r'<input (?:id="[^"]*" )?type="[^"]*" name="([^"]+)" value="([^"]*)"')
+_TEXTAREA = re.compile(r'(<textarea id="note-text" name="note\.text"[^>]*>)(.*?)(</textarea>)',
+                       re.S)
+_FIELD_ERROR = re.compile(r'<p class="field-error" id="err-([^"]+)">(.*?)</p>', re.S)
+# the error summary: a link to each field with an error, or the messages of no field
+_GENERAL = re.compile(r'<div class="df-error-summary" id="form-errors"[^>]*>(.*?)</div>', re.S)
 
 
 # -- strategies: form values are strings (or raw bytes) -----------------------
@@ -256,7 +257,7 @@ def _check_page(html: str, pairs: list[Pair]) -> None:
     errors = _FIELD_ERROR.findall(html)
     general = _GENERAL.search(html)
     assert general, html[:3000]  # the banner: field errors below, or general messages
-    assert errors or "<div>" in general.group(1), html[:3000]
+    assert errors or "<li>" in general.group(1), html[:3000]
     injected = [_typed(pairs, name).strip() for name, _ in pairs]
     for field, message in errors:
         assert field in ERROR_IDS, field

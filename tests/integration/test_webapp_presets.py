@@ -64,11 +64,16 @@ def _jobs(home: Home) -> dict[str, dict[str, Any]]:
         store.close()
 
 
-def _link(admin: Any, record_id: str, encounter_id: str) -> str:
+def _link(admin: Any, record_id: str, encounter_id: str, *, refused: bool = False) -> str:
+    """The page after linking: the holds page (302), or the form again with the error
+    and the typed id kept (400) when the EHR refuses it."""
     response = admin.post("/holds/encounter/link", data={
         "csrf_token": csrf_token(admin, "/holds/encounter"), "source": "peer-tool",
         "record": record_id, "encounter_id": encounter_id})
-    assert response.status_code == 302
+    if refused:
+        assert response.status_code == 400
+        return str(response.get_data(as_text=True))
+    assert response.status_code == 302, response.get_data(as_text=True)[-3000:]
     return str(admin.get(response.headers["Location"]).get_data(as_text=True))
 
 
@@ -93,8 +98,9 @@ def test_link_encounters_from_the_holds_page_and_see_what_epic_could_not_carry(
     html = admin.get("/holds/encounter").get_data(as_text=True)
     assert html.count("Link encounter") == 2
     # an id the EHR does not have: nothing linked, still held
-    html = _link(admin, SESSION, "no-such-encounter")
+    html = _link(admin, SESSION, "no-such-encounter", refused=True)
     assert "Encounter/no-such-encounter could not be linked" in html
+    assert 'value="no-such-encounter"' in html  # kept for the admin to correct
     assert _jobs(home)[SESSION]["state"] == "waiting_encounter"
 
     html = _link(admin, SESSION, second)
@@ -136,7 +142,7 @@ def test_settings_write_plan_after_a_connection_test(app: Flask, epic: EhrEmulat
     token = csrf_token(admin, "/settings/")
     html = admin.post("/settings/test", data={"csrf_token": token}).get_data(as_text=True)
     assert "EHR reachable" in html
-    rows = dict(re.findall(r"<tr><td>([A-Za-z]+)</td><td>([^<]*)</td>",
+    rows = dict(re.findall(r"<tr><td[^>]*>([A-Za-z]+)</td><td[^>]*>([^<]*)</td>",
                            html.split('id="write-plan"', 1)[1].split("</table>", 1)[0]))
     assert list(rows) == ["Patient", "Practitioner", "Encounter", "DocumentReference",
                           "Provenance", "Organization", "Device"]

@@ -22,7 +22,7 @@ from connector.cli import main
 from tests.webapp_support import Home, import_examples, logged_in, make_app
 from webapp.views import agency_tz
 
-SEQ = re.compile(r"<tr>\s*<td>(\d+)</td>")
+SEQ = re.compile(r"<tr>\s*<td[^>]*>(\d+)</td>")
 
 
 @pytest.fixture

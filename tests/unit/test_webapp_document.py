@@ -45,14 +45,16 @@ def test_a_specialist_documents_an_encounter(app: Flask, home: Home) -> None:
     spent = record.note.minutes_spent
     assert spent is not None and 0 < spent < 1  # opened a moment ago
     detail = alex.get(response.headers["Location"]).get_data(as_text=True)
-    assert "Encounter documented" in detail and record.id in detail
+    # honest: not sent yet (no sync in this app), never "Encounter documented."
+    assert "Saved, not sent yet" in detail and record.id in detail
+    assert "Encounter documented" not in detail
 
 
 def test_documentation_time_runs_from_the_signed_start_not_the_browser(
         app: Flask, home: Home) -> None:
     from itsdangerous import URLSafeTimedSerializer
 
-    from webapp.document import SALT
+    from webapp.docform import SALT
 
     alex = logged_in(app, "specialist")
     form = document_form(alex)

@@ -50,6 +50,11 @@ def _fail(home: Home, record_id: str, *, reason: str, outcome_text: str) -> int:
     return wanted
 
 
+def _action(name: str) -> str:
+    """An audit row's action cell as the page shows it."""
+    return f'<td data-label="Action">{name}</td>'
+
+
 # -- records ---------------------------------------------------------------------------
 
 
@@ -198,8 +203,12 @@ def test_waiting_for_consent_lists_and_releases(app: Flask, home: Home) -> None:
     admin = logged_in(app, "admin")
     token = csrf_token(admin, "/holds/consent")
     data = {"csrf_token": token, "source": "peer-tool", "participant": "P-1007"}
-    admin.post("/holds/consent", data=data)  # not confirmed: nothing happens
-    assert "Tick the box" in admin.get("/holds/consent").get_data(as_text=True)
+    # not confirmed: nothing happens; the page says why beside the box and keeps the consent id
+    refused = admin.post("/holds/consent", data={**data, "consent_id": "C-9"})
+    html = refused.get_data(as_text=True)
+    assert refused.status_code == 400 and "Tick the box" in html
+    assert 'value="C-9"' in html and 'aria-invalid="true"' in html
+    assert 'class="error-summary"' in html and 'href="#f-confirm-1"' in html
     response = admin.post("/holds/consent", data={**data, "confirm": "on", "consent_id": "C-9"})
     assert response.status_code == 302
     html = admin.get("/holds/consent").get_data(as_text=True)
@@ -239,13 +248,13 @@ def test_matching_page_lists_waiting_participants_with_names_for_admins(
 def test_audit_log_filters_export_and_verify(app: Flask) -> None:
     auditor = logged_in(app, "auditor")
     html = auditor.get("/audit/").get_data(as_text=True)
-    assert "<td>record.accepted</td>" in html and "<td>login.ok</td>" in html
+    assert _action("record.accepted") in html and _action("login.ok") in html
     html = auditor.get("/audit/?actor=web:*").get_data(as_text=True)
-    assert "<td>login.ok</td>" in html and "<td>record.accepted</td>" not in html
+    assert _action("login.ok") in html and _action("record.accepted") not in html
     html = auditor.get("/audit/?record=ps-2026-000124").get_data(as_text=True)
     assert "peer-tool/ps-2026-000124" in html and "peer-tool/ps-2026-000125" not in html
     html = auditor.get("/audit/?outcome=login.ok").get_data(as_text=True)
-    assert "<td>login.ok</td>" in html and "<td>record.accepted</td>" not in html
+    assert _action("login.ok") in html and _action("record.accepted") not in html
     html = auditor.get("/audit/?from=2999-01-01").get_data(as_text=True)
     assert "No audit events match" in html
     export = auditor.get("/audit/export.csv")
@@ -260,7 +269,7 @@ def test_audit_log_filters_export_and_verify(app: Flask) -> None:
     assert later.count("\n") == 1  # the header only
     verified = auditor.get("/audit/verify").get_data(as_text=True)
     assert "Audit log intact" in verified
-    assert "<td>audit.exported</td>" in auditor.get("/audit/").get_data(as_text=True)
+    assert _action("audit.exported") in auditor.get("/audit/").get_data(as_text=True)
 
 
 def test_audit_log_pages(app: Flask, home: Home) -> None:
@@ -278,9 +287,9 @@ def test_audit_log_pages(app: Flask, home: Home) -> None:
     auditor = logged_in(app, "auditor")
     html = auditor.get("/audit/").get_data(as_text=True)
     older = re.search(r'href="(/audit/\?before=\d+)"', html)
-    assert older and "<td>user.created</td>" not in html  # the oldest rows come later
+    assert older and _action("user.created") not in html  # the oldest rows come later
     html2 = auditor.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
-    assert "<td>user.created</td>" in html2 and "newest" in html2
+    assert _action("user.created") in html2 and "newest" in html2
 
 
 # -- documentation time ----------------------------------------------------------------

@@ -55,9 +55,10 @@ def _finish(home: Home, states: Finish) -> dict[str, int]:
 
 
 def _plan_rows(html: str) -> dict[str, str]:
-    table = re.search(r'<table class="compact" id="write-plan">(.*?)</table>', html, re.S)
+    table = re.search(r'<table class="compact stack" id="write-plan">(.*?)</table>', html, re.S)
     assert table, "no write plan table"
-    return dict(re.findall(r"<tr><td>([A-Za-z]+)</td><td>([^<]*)</td>", table.group(1)))
+    return dict(re.findall(r'<tr><td data-label="Resource">([A-Za-z]+)</td>'
+                           r'<td data-label="PeerSync">([^<]*)</td>', table.group(1)))
 
 
 # -- the write plan on the settings page -----------------------------------------------
@@ -104,7 +105,8 @@ def test_record_page_lists_omitted_parts_and_the_part2_form(app: Flask, home: Ho
     assert "What this EHR could not carry" in html and "<code>epic</code> preset" in html
     omitted = re.search(r'<ul id="omitted">(.*?)</ul>', html, re.S)
     assert omitted
-    assert "<li><code>goals:ehr-owns-encounters</code></li>" in omitted.group(1)
+    assert ("<li>The goals are not written: the EHR keeps its own encounters: "
+            "<code>goals:ehr-owns-encounters</code></li>") in omitted.group(1)
     assert "<code>notice-in-content[0]</code>" in omitted.group(1)
     assert "the notice and the consent" in omitted.group(1)
     # a record synced with nothing left out shows no such section
@@ -128,8 +130,8 @@ def test_holds_page_offers_the_link_form_to_admins_only(app: Flask, home: Home) 
     ids = _finish(home, {HELD: (JobState.WAITING_ENCOUNTER, None)})
     html = logged_in(app, "admin").get("/holds/encounter").get_data(as_text=True)
     assert 'action="/holds/encounter/link"' in html and "Link encounter" in html
-    label = f'<label for="enc-{ids[HELD]}">EHR Encounter id for {HELD}</label>'
-    assert label in html and f'<input id="enc-{ids[HELD]}" name="encounter_id"' in html
+    label = f'<label class="label" for="f-encounter_id-{ids[HELD]}">EHR Encounter id for {HELD}'
+    assert label in html and f'<input id="f-encounter_id-{ids[HELD]}" name="encounter_id"' in html
     assert f'name="record" value="{HELD}"' in html
     html = logged_in(app, "auditor").get("/holds/encounter").get_data(as_text=True)
     assert HELD in html  # the auditor sees the hold, not the form
@@ -152,17 +154,18 @@ def test_link_form_refusals_link_nothing(app: Flask, home: Home) -> None:
     token = csrf_token(admin, "/holds/encounter")
     form = {"csrf_token": token, "source": "peer-tool", "record": HELD}
     response = admin.post("/holds/encounter/link", data={**form, "encounter_id": "  "})
-    assert response.status_code == 302
-    assert "Enter the EHR&#39;s Encounter id." in admin.get(response.headers["Location"]
-                                                            ).get_data(as_text=True)
+    assert response.status_code == 400  # the page again, the error beside the field
+    html = response.get_data(as_text=True)
+    assert "Enter the EHR&#39;s Encounter id." in html and 'aria-invalid="true"' in html
     assert admin.post("/holds/encounter/link",
                       data={**form, "encounter_id": "e" * 65}).status_code == 400
     assert admin.post("/holds/encounter/link",
                       data={**form, "record": "", "encounter_id": "e1"}).status_code == 400
     # not a FHIR id: refused before the EHR is asked
-    response = admin.post("/holds/encounter/link", data={**form, "encounter_id": "e 1"},
-                          follow_redirects=True)
-    assert "Encounter/e 1 could not be linked" in response.get_data(as_text=True)
+    response = admin.post("/holds/encounter/link", data={**form, "encounter_id": "e 1"})
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert "Encounter/e 1 could not be linked" in html and 'value="e 1"' in html  # kept
     # only admins, and only with the form's token
     auditor = logged_in(app, "auditor")
     assert auditor.post("/holds/encounter/link", data={
@@ -184,8 +187,8 @@ def test_an_encounter_the_ehr_cannot_show_is_not_linked(app: Flask, home: Home) 
         response = admin.post("/holds/encounter/link", data={
             "csrf_token": token, "source": "peer-tool", "record": HELD,
             "encounter_id": "enc-404"})
-    assert response.status_code == 302
-    html = admin.get(response.headers["Location"]).get_data(as_text=True)
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
     assert "Encounter/enc-404 could not be linked" in html
     assert _link_state(home) == (None, JobState.WAITING_ENCOUNTER.value)
     assert HELD in html  # still held

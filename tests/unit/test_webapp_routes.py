@@ -17,7 +17,7 @@ from connector.accounts import add_token
 from tests.webapp_support import Home, import_examples, job_id, logged_in, make_app
 from webapp.access import PUBLIC, Bearer, access_of
 
-ROLES = ("admin", "specialist", "auditor")
+ROLES = ("admin", "specialist", "auditor", "supervisor")
 SKIP_METHODS = {"HEAD", "OPTIONS"}
 
 
@@ -29,7 +29,7 @@ def home(home: Home) -> Home:
 
 def _url(app: Flask, rule: Any, home: Home) -> str:
     samples = {"job_id": job_id(home, "ps-2026-000124"),  # alex's (S-17) own record
-               "record_id": "ps-2026-000124", "filename": "style.css"}
+               "record_id": "ps-2026-000124", "filename": "style.css", "draft_id": 1}
     with app.test_request_context():
         from flask import url_for
 
