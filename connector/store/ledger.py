@@ -208,20 +208,23 @@ class LedgerMixin(StoreCore):
         return {row.query_sha256: row.ehr_id for row in rows}
 
     def share_matches(self, resource_type: str, found: dict[str, str]) -> None:
-        """Keep searches' unique matches (query SHA-256 -> EHR id) for the other workers,
-        in one transaction."""
+        """Keep searches' unique matches (query SHA-256 -> EHR id) for the other workers:
+        one upsert, its rows in key order (two workers sharing at once never lock the
+        same rows in opposite orders, nor both insert one key)."""
         if not found:
             return
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        upsert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         now = utcnow()
+        rows = [{"resource_type": resource_type, "query_sha256": query, "ehr_id": ehr_id,
+                 "found_at": now} for query, ehr_id in sorted(found.items())]
+        statement: Any = upsert(ehr_matches).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=[ehr_matches.c.resource_type, ehr_matches.c.query_sha256],
+            set_={"ehr_id": statement.excluded.ehr_id, "found_at": statement.excluded.found_at})
         with self.begin(audited=False) as conn:  # cache rows: no audit event
-            for query, ehr_id in found.items():
-                key = (ehr_matches.c.resource_type == resource_type) \
-                    & (ehr_matches.c.query_sha256 == query)
-                if not conn.execute(update(ehr_matches).where(key)
-                                    .values(ehr_id=ehr_id, found_at=now)).rowcount:
-                    conn.execute(insert(ehr_matches).values(
-                        resource_type=resource_type, query_sha256=query, ehr_id=ehr_id,
-                        found_at=now))
+            conn.execute(statement)
 
 
 def _ledger_entry(row: Any) -> LedgerEntry:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from connector.errors import ConnectorError
 from connector.records import EncounterRecord, parse_datetime
 from connector.states import JobState
-from connector.store import Job
+from connector.store import Job, StoreError
 from connector.sync.agency import ensure_agency
 from connector.sync.concurrency import run_all
 from connector.sync.model import LedgerView, SyncContext, Wait, version_of
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 
 Params = dict[str, str] | list[tuple[str, str]]  # a search's parameters (names may repeat)
+
+
+log = logging.getLogger("peersync.sync")
 
 
 class References:
@@ -93,9 +97,14 @@ class References:
         return made
 
     def share_found(self) -> None:
-        """Give the other workers the Patient matches found since the last claim."""
+        """Give the other workers the Patient matches found since the last claim. A cache:
+        if the database refuses it now, the others search for themselves."""
         found, self._to_share = self._to_share, {}
-        self.ctx.store.share_matches("Patient", found)
+        try:
+            self.ctx.store.share_matches("Patient", found)
+        except StoreError as exc:
+            log.warning("%d Patient match(es) not shared with the other workers: %s",
+                        len(found), exc)
 
     def _reuse_shared(self, searches: dict[tuple[str, str], Params]) -> None:
         """Take out of ``searches`` the Patient searches another worker (or this one, in

@@ -317,7 +317,7 @@ def skip_to_main(page: Page) -> None:
 
 def keyboard_log_in(page: Page, live: Live, name: str) -> None:
     page.goto(f"{live.url}/login")
-    assert page.evaluate("document.activeElement.id") == "f-name"  # autofocus
+    expect(page.locator("#f-name")).to_be_focused()  # autofocus, applied after load
     focus_shows(page, "User name")
     page.keyboard.type(name)
     tab_to(page, "#f-password", "Password", limit=1)

@@ -94,3 +94,35 @@ def test_match_reuse_s_out_of_range_is_refused_by_name(tmp_path: Path, value: An
     with pytest.raises(ConfigError, match="sync.match_reuse_s"):
         parse_config({"ehr": {"base_url": BASE}, "sync": {"match_reuse_s": value}},
                      path=tmp_path / "peersync.toml", environ={})
+
+
+def test_workers_sharing_the_same_matches_at_once_neither_deadlock_nor_collide(
+        store: Store) -> None:
+    """Four threads (workers) upsert overlapping matches, each in its own order, over and
+    over: every upsert commits (no deadlock, no duplicate key) and the table ends with one
+    row per search."""
+    import random
+    import threading
+
+    keys = [f"{i:064x}" for i in range(40)]
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(15):
+                chosen = rng.sample(keys, 25)
+                store.share_matches("Patient", {k: f"p-{seed}" for k in chosen})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    shared = store.shared_matches("Patient", keys, max_age_s=600)
+    assert set(shared) <= set(keys) and len(shared) >= 25
+    with store.engine.connect() as conn:
+        assert len(conn.execute(select(ehr_matches)).all()) == len(shared)
