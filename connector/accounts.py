@@ -36,7 +36,6 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from connector import login_throttle as throttle
-from connector.config import valid_source
 from connector.errors import ConnectorError
 from connector.password_rules import (
     MAX_PASSWORD_LENGTH,
@@ -44,15 +43,13 @@ from connector.password_rules import (
 )
 from connector.password_rules import MIN_PASSWORD_LENGTH as MIN_PASSWORD_LENGTH
 from connector.password_rules import check_password_rules as _check_rules
-from connector.schema import api_tokens, users, web_sessions
+from connector.schema import users, web_sessions
 
 if TYPE_CHECKING:
     from connector.store import Store
 
 ROLES = ("admin", "specialist", "auditor", "supervisor")
 STAFF_ROLES = ("specialist", "supervisor")  # tied to a staff id: they document notes
-TOKEN_PREFIX = "ps_"
-TOKEN_KINDS = ("source", "metrics")
 HASH_METHOD = "scrypt"
 
 # Throttling defaults: per (user name, client address), per client address, and the window.
@@ -62,7 +59,6 @@ WINDOW_S = 15 * 60
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 _STAFF_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
-_TOKEN_RE = re.compile(r"ps_[A-Za-z0-9_-]{20,100}")
 
 
 class AccountError(ConnectorError):
@@ -91,17 +87,6 @@ class User:
     @property
     def actor(self) -> str:
         return web_actor(self.name)
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    id: int
-    kind: str
-    source: str | None
-    prefix: str
-    created_at: datetime
-    created_by: str
-    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,86 +358,6 @@ def login(
 
 
 # -- tokens -----------------------------------------------------------------------
-
-
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def add_token(
-    store: Store, *, source: str | None = None, metrics: bool = False, actor: str
-) -> tuple[Token, str]:
-    """Make a token for ``source`` (or for ``/metrics``); return it and its text, shown once."""
-    if metrics == (source is not None):
-        raise AccountError("a token is either for a source or for metrics")
-    if source is not None and not valid_source(source):
-        raise AccountError("the source must be 1-64 characters of A-Z a-z 0-9 . _ -")
-    kind = "metrics" if metrics else "source"
-    text = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    prefix = text[:10]
-    now = _now()
-    with store.begin() as conn:
-        token_id = conn.execute(
-            insert(api_tokens).returning(api_tokens.c.id),
-            {
-                "token_hash": _token_hash(text),
-                "prefix": prefix,
-                "kind": kind,
-                "source": source,
-                "created_at": now,
-                "created_by": actor,
-            },
-        ).scalar_one()
-        store.audit(conn, actor=actor, action="token.created", source=source,
-                    detail={"token_id": int(token_id), "kind": kind, "prefix": prefix}, at=now)
-    return Token(int(token_id), kind, source, prefix, now, actor), text
-
-
-def check_token(store: Store, text: str) -> Token | None:
-    """The live token with this text, or None."""
-    if not _TOKEN_RE.fullmatch(text):
-        return None
-    digest = _token_hash(text)
-    with store.engine.connect() as conn:
-        row = conn.execute(
-            select(api_tokens).where(api_tokens.c.token_hash == digest)
-        ).first()
-    if row is None or row.revoked_at is not None:
-        return None
-    if not hmac.compare_digest(row.token_hash, digest):
-        return None
-    return _token(row)
-
-
-def _token(row: Any) -> Token:
-    return Token(
-        id=int(row.id),
-        kind=row.kind,
-        source=row.source,
-        prefix=row.prefix,
-        created_at=_aware(row.created_at) or row.created_at,
-        created_by=row.created_by,
-        revoked_at=_aware(row.revoked_at),
-    )
-
-
-def list_tokens(store: Store) -> list[Token]:
-    with store.engine.connect() as conn:
-        return [_token(row) for row in conn.execute(select(api_tokens).order_by(api_tokens.c.id))]
-
-
-def revoke_token(store: Store, token_id: int, *, actor: str) -> bool:
-    now = _now()
-    with store.begin() as conn:
-        changed = conn.execute(
-            update(api_tokens)
-            .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=now)
-        ).rowcount
-        if changed:
-            store.audit(conn, actor=actor, action="token.revoked",
-                        detail={"token_id": token_id}, at=now)
-    return bool(changed)
 
 
 # -- the demo -----------------------------------------------------------------------

@@ -138,7 +138,7 @@ def token_group() -> None:
 @click.option("--metrics", is_flag=True, help="A token for /metrics instead of a source.")
 def token_add(source: str | None, metrics: bool) -> None:
     """Make a token for SOURCE (the records' source) or --metrics; it is printed once."""
-    from connector.accounts import add_token
+    from connector.api_tokens import add_token
 
     if bool(source) == metrics:
         raise click.UsageError("give a SOURCE or --metrics (not both)")
@@ -155,7 +155,7 @@ def token_add(source: str | None, metrics: bool) -> None:
 @token_group.command("list")
 def token_list() -> None:
     """List tokens (id, kind, source, prefix, revoked), never the tokens themselves."""
-    from connector.accounts import list_tokens
+    from connector.api_tokens import list_tokens
 
     for token in list_tokens(_store()):
         revoked = f"  revoked {token.revoked_at:%Y-%m-%d}" if token.revoked_at else ""
@@ -167,7 +167,7 @@ def token_list() -> None:
 @click.argument("token_id", type=int)
 def token_revoke(token_id: int) -> None:
     """Revoke a token by id (as `peersync token list` shows)."""
-    from connector.accounts import revoke_token
+    from connector.api_tokens import revoke_token
 
     if not revoke_token(_store(), token_id, actor="cli:token"):
         raise click.ClickException(f"no live token with id {token_id}")

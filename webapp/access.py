@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 from flask import Flask, abort, current_app, g, jsonify, request
 from flask_login import LoginManager, UserMixin, current_user
 
-from connector.accounts import ROLES, Token, User, check_token, user_for_session
+from connector.accounts import ROLES, User, user_for_session
+from connector.api_tokens import Token, check_token
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -198,7 +198,7 @@ def test_store_add_records(sqlite_store: Any, changes: list[tuple[str, Any]], sa
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, str]]:
-    from connector.accounts import add_token
+    from connector.api_tokens import add_token
     from tests.webapp_support import make_app, make_home
     from webapp import close_app
 

@@ -13,14 +13,13 @@ from sqlalchemy import select
 
 from connector.accounts import (
     AccountError,
-    add_token,
     add_user,
-    check_token,
     find_user,
     login,
     set_password,
     user_for_session,
 )
+from connector.api_tokens import add_token, check_token
 from connector.cli import main
 from connector.schema import api_tokens, users
 from connector.store import utcnow

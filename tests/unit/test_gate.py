@@ -277,7 +277,7 @@ class SummaryProbe:
 
 @pytest.fixture
 def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    from connector.accounts import add_token
+    from connector.api_tokens import add_token
     from tests.webapp_support import import_examples, make_app, make_home
     from webapp import close_app
 

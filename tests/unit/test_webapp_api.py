@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from connector.accounts import add_token, revoke_token
+from connector.api_tokens import add_token, revoke_token
 from connector.states import JobState
 from tests.conftest import example_dict
 from tests.webapp_support import Home, import_examples

@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 from flask import Flask
 
-from connector.accounts import add_token
+from connector.api_tokens import add_token
 from tests.conftest import example_dict
 from tests.webapp_support import Home, import_examples, logged_in
 from webapp import params

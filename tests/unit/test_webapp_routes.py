@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from connector.accounts import add_token
+from connector.api_tokens import add_token
 from tests.webapp_support import Home, import_examples, job_id, logged_in, make_app
 from webapp.access import PUBLIC, Bearer, access_of
 
