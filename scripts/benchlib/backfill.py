@@ -220,13 +220,20 @@ def _per(phases: dict[str, Any], key: str) -> float | None:
     return n / span if n and span else None
 
 
-def print_report(report: dict[str, Any]) -> None:
-    env, f, p = report["environment"], report["figures"], report["phases"]
+def print_header(title: str, report: dict[str, Any], *, sekmet: bool = True) -> None:
+    """A report's first two lines: what ran when, and on what (the :func:`environment`)."""
+    env = report["environment"]
     load = " (MEASURED UNDER LOAD)" if report["measured_under_load"] else ""
-    print(f"PeerSync back-fill benchmark, {env['date']}{load}")
+    ehr = f"{env['sekmet'] or 'sekmet'}, " if sekmet else ""
+    print(f"PeerSync {title}, {env['date']}{load}")
     print(f"  {env['cpu_count']} CPUs, {env['machine']}, Python {env['python']}, SQLite "
-          f"{env['sqlite']}, PostgreSQL {env['postgresql'] or '-'}, {env['sekmet'] or 'sekmet'}, "
+          f"{env['sqlite']}, PostgreSQL {env['postgresql'] or '-'}, {ehr}"
           f"load {env['load_average_start']} -> {env['load_average_end']}")
+
+
+def print_report(report: dict[str, Any]) -> None:
+    f, p = report["figures"], report["phases"]
+    print_header("back-fill benchmark", report)
     s = report["sizes"]
     t = s.get("throughput", {})
     print(f"  records: {t.get('record_versions')} versions ({t.get('amendments')} amendments, "

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .backfill import DEFAULT_PG, environment, log
+from .backfill import DEFAULT_PG, environment, log, print_header
 from .seed import seed_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,12 +238,7 @@ def _verdict(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    env = report["environment"]
-    load = " (MEASURED UNDER LOAD)" if report["measured_under_load"] else ""
-    print(f"PeerSync pages benchmark, {env['date']}{load}")
-    print(f"  {env['cpu_count']} CPUs, {env['machine']}, Python {env['python']}, SQLite "
-          f"{env['sqlite']}, PostgreSQL {env['postgresql'] or '-'}, load "
-          f"{env['load_average_start']} -> {env['load_average_end']}")
+    print_header("pages benchmark", report, sekmet=False)
     s = report["sizes"]
     print(f"  {s['records']:,} record versions, {s['audit']:,} audit rows (chain NOT valid: "
           f"bulk-seeded); {s['requests']} requests per view, Flask test client in-process")
